@@ -1,0 +1,24 @@
+import glob
+
+from ssdlite_coco.resources import rule_resources
+
+
+rule caffe_build:
+    """Build the project's Caffe-SSD (pinned sdist + caffe/patches) into the shared build cache."""
+    input:
+        source="caffe/source.json",
+        patches=sorted(glob.glob("caffe/patches/*.patch")),
+    output:
+        manifest="resources/caffe/manifest.json",
+    log:
+        "logs/caffe_build.log",
+    conda:
+        "../envs/caffe.yaml"
+    threads: workflow.cores
+    resources:
+        **rule_resources(config, "caffe_build"),
+    params:
+        device=config["caffe"]["device"],
+    shell:
+        "python {SCRIPTS}/build_caffe.py --device {params.device} --jobs {threads}"
+        " --manifest-out {output.manifest} > {log} 2>&1"

@@ -1,0 +1,1 @@
+# Rules of the labelmap stage (see README.md).

@@ -1,0 +1,1 @@
+# Rules of the lmdb stage (see README.md).

@@ -1,0 +1,1 @@
+# Rules of the model stage (see README.md).

@@ -1,0 +1,1 @@
+"""ssdlite-coco: the workflow's logic, importable and testable without Snakemake."""
