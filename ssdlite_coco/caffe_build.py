@@ -91,7 +91,8 @@ def toolchain_fingerprint() -> dict[str, str]:
     return {
         "compiler": _first_line(["c++", "--version"]),
         "protoc": _first_line(["protoc", "--version"]),
-        "python": f"{sys.executable} {platform.python_version()}",
+        # the base interpreter, not the venv: every venv of one Python shares a build
+        "python": f"{sys.base_prefix} {platform.python_version()}",
         "numpy": ".".join(numpy.__version__.split(".")[:2]),
         "machine": platform.machine(),
     }
