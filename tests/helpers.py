@@ -16,7 +16,10 @@ def run_python(code: str, cwd: Path | None = None, timeout: float = 300) -> subp
     )
 
 
-def write_annotated_lmdb(path: Path, records: list[tuple[bytes, int, int, list[tuple[int, float, float, float, float]]]]):
+Box = tuple[int, float, float, float, float]
+
+
+def write_annotated_lmdb(path: Path, records: list[tuple[bytes, int, int, list[Box]]]) -> None:
     """A minimal AnnotatedDatum LMDB for Caffe-level tests: (jpeg bytes, width, height, [(label, x0, y0, x1, y1)])."""
     import lmdb
     from caffe.proto import caffe_pb2

@@ -83,11 +83,13 @@ layer { name: "conv2/scale" type: "Scale" bottom: "conv2/dw" top: "conv2/dw" sca
 layer { name: "relu2" type: "ReLU6" bottom: "conv2/dw" top: "conv2/dw" }
 layer { name: "loc" type: "Convolution" bottom: "conv2/dw" top: "loc"
   convolution_param { num_output: 8 kernel_size: 1 weight_filler { type: "xavier" } } }
-layer { name: "loc_perm" type: "Permute" bottom: "loc" top: "loc_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "loc_perm" type: "Permute" bottom: "loc" top: "loc_perm"
+  permute_param { order: 0 order: 2 order: 3 order: 1 } }
 layer { name: "loc_flat" type: "Flatten" bottom: "loc_perm" top: "loc_flat" flatten_param { axis: 1 } }
 layer { name: "conf" type: "Convolution" bottom: "conv2/dw" top: "conf"
   convolution_param { num_output: 6 kernel_size: 1 weight_filler { type: "xavier" } } }
-layer { name: "conf_perm" type: "Permute" bottom: "conf" top: "conf_perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "conf_perm" type: "Permute" bottom: "conf" top: "conf_perm"
+  permute_param { order: 0 order: 2 order: 3 order: 1 } }
 layer { name: "conf_flat" type: "Flatten" bottom: "conf_perm" top: "conf_flat" flatten_param { axis: 1 } }
 layer { name: "priors" type: "PriorBox" bottom: "conv2/dw" bottom: "data" top: "priors"
   prior_box_param { min_size: 10 max_size: 20 variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
@@ -148,11 +150,10 @@ def test_batchnorm_statistics_are_not_touched_by_weight_decay(tmp_path):
     solver.net.blobs["data"].data[...] = data
     solver.net.blobs["label"].data[...] = label
     solver.step(3)
-    # with no update, blob 2 (the moving-average factor) is exactly the number of forward passes times 0.999^k
+    # Only the layer's own moving average may change blob 2: 1 + 0.999 + 0.999^2 after three passes.
+    # Stock Caffe also applied weight decay to it (2.99676 here).
     factor = float(bn.blobs[2].data[0])
-    assert factor == pytest.approx(1 + 0.999 + 0.999**2, rel=1e-5)
-    params = solver.net.layer_dict["conv1/bn"]
-    assert len(params.blobs) == 3
+    assert factor == pytest.approx(1 + 0.999 + 0.999**2, rel=1e-6)
 
 
 REGRESSION_NET = """
@@ -201,18 +202,24 @@ def test_priorbox_without_clip_does_not_clip(tmp_path):
 
 
 def test_two_multibox_forwards_without_backward_do_not_abort(tmp_path):
-    net_file = write(tmp_path / "tiny_ssd.prototxt", TINY_SSD)
+    """Stock: the second forward reuses the first one's matches and aborts on `match_index[p] < gt_bboxes.size()`."""
+    eight_label_rows = TINY_SSD.replace("dim: 1 dim: 1 dim: 4 dim: 8", "dim: 1 dim: 1 dim: 8 dim: 8")
+    net_file = write(tmp_path / "tiny_ssd.prototxt", eight_label_rows)
     result = run_python(f"""
         import numpy as np, caffe
         from tests.test_caffe_runtime import tiny_ssd_batch
         net = caffe.Net({str(net_file)!r}, caffe.TRAIN)
-        data, label = tiny_ssd_batch()
+        data, one_box_each = tiny_ssd_batch()
+        two_boxes_each = np.concatenate([one_box_each, one_box_each], axis=2)
+        two_boxes_each[0, 0, 4:, 3:7] = [0.5, 0.5, 0.95, 0.95]
+        one_box_each = np.concatenate([one_box_each, np.full_like(one_box_each, -1)], axis=2)
         net.blobs["data"].data[...] = data
-        net.blobs["label"].data[...] = label
-        first = float(net.forward()["loss"])
-        second = float(net.forward()["loss"])
+        losses = []
+        for label in (two_boxes_each, one_box_each, one_box_each):
+            net.blobs["label"].data[...] = label
+            losses.append(float(net.forward()["loss"]))
         net.backward()
-        assert np.isfinite(first) and first == second, (first, second)
+        assert np.isfinite(losses).all() and losses[1] == losses[2], losses
         print("ok")
     """, cwd=Path(__file__).parents[1])
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
