@@ -26,6 +26,10 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
         tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp/mkdtemp create owner-only entries; give the usual umask-based mode
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod((0o777 if tmp.is_dir() else 0o666) & ~umask)
         if directory and target.is_dir():
             shutil.rmtree(target)
         os.replace(tmp, target)
