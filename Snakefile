@@ -3,7 +3,7 @@
 import os
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -11,13 +11,20 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "config/schema.yaml")
-
 # Rules run thin scripts over the ssdlite_coco package that lives next to this file.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])
+# Rules call scripts/ by name (`with-caffe build_lmdb.py ...`), wherever the working directory is.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])),
+    PATH=os.pathsep.join([os.path.join(workflow.basedir, "scripts"), os.environ["PATH"]]),
 )
+
+from ssdlite_coco.config_check import ConfigError, validate_config
+
+try:
+    config.update(validate_config(config, os.path.join(workflow.basedir, "config", "schema.yaml")))
+except ConfigError as error:
+    sys.exit(f"error: {error}")
 WITH_CAFFE = os.path.join(workflow.basedir, "scripts", "with-caffe")
 SCRIPTS = os.path.join(workflow.basedir, "scripts")
 

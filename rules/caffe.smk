@@ -1,6 +1,6 @@
 import glob
 
-from ssdlite_coco.resources import rule_resources
+from ssdlite_coco.resources import rule_resources, rule_threads
 
 
 rule caffe_build:
@@ -14,11 +14,11 @@ rule caffe_build:
         "logs/caffe_build.log",
     conda:
         "../envs/caffe.yaml"
-    threads: workflow.cores
+    threads: rule_threads(config, "caffe_build")
     resources:
         **rule_resources(config, "caffe_build"),
     params:
         device=config["caffe"]["device"],
     shell:
-        "python {SCRIPTS}/build_caffe.py --device {params.device} --jobs {threads}"
+        "build_caffe.py --device {params.device} --jobs {threads}"
         " --manifest-out {output.manifest} > {log} 2>&1"

@@ -1,1 +1,187 @@
-# Rules of the dataset stage (see README.md).
+# Rules of the dataset stage (see README.md): results/data/{split}/instances.json + images/ for
+# split trainval and test, from the source chosen by dataset.source (demo, download, subset, local).
+from ssdlite_coco.coco2017 import ARCHIVE_PATHS, SPLIT_TO_COCO, archive_url
+from ssdlite_coco.resources import rule_resources
+
+DATASET = config["dataset"]
+DATASET_SPLITS = "trainval|test"
+
+
+# Downloads run where the internet is (the submit host under SLURM); the others take seconds.
+localrules:
+    dataset_demo,
+    dataset_download_archive,
+    dataset_subset,
+    dataset_local,
+
+
+def demo_image_count(wildcards):
+    return DATASET["demo"][f"{wildcards.split}_images"]
+
+
+def subset_image_count(wildcards):
+    return DATASET["subset"][f"{wildcards.split}_images"]
+
+
+def coco_split_of(wildcards):
+    return SPLIT_TO_COCO[wildcards.split]
+
+
+def coco_images_archive(wildcards):
+    return f"resources/downloads/{SPLIT_TO_COCO[wildcards.split]}.zip"
+
+
+def coco_archive_url(wildcards):
+    return archive_url(wildcards.archive, DATASET["download"]["base_url"])
+
+
+def coco_archive_sha1(wildcards):
+    return DATASET["download"]["sha1"][wildcards.archive]
+
+
+def local_path(split, key):
+    value = DATASET["local"][split][key]
+    if not value:
+        raise ValueError(
+            f"config dataset.local.{split}.{key} is empty: with dataset.source 'local' set it to the "
+            f"{'images folder' if key == 'images' else 'COCO instances JSON'} of the {split} split "
+            "(see config/README.md)"
+        )
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def local_instances(wildcards):
+    return local_path(wildcards.split, "instances")
+
+
+def local_images(wildcards):
+    return local_path(wildcards.split, "images")
+
+
+# Archives of COCO 2017 (download and subset sources). Bytes accumulate in {archive}.zip.part, which
+# is not an output, so an interrupted download resumes on the next run.
+rule dataset_download_archive:
+    output:
+        archive="resources/downloads/{archive}.zip",
+    log:
+        "logs/dataset/download_{archive}.log",
+    wildcard_constraints:
+        archive="|".join(ARCHIVE_PATHS),
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **rule_resources(config, "dataset_download_archive"),
+    params:
+        url=coco_archive_url,
+        sha1=coco_archive_sha1,
+        retries=DATASET["download"]["retries"],
+    shell:
+        "download_archive.py --url {params.url:q} --sha1 {params.sha1:q}"
+        " --retries {params.retries} --out {output.archive} > {log} 2>&1"
+
+
+if DATASET["source"] == "demo":
+
+    rule dataset_demo:
+        """Generate the demo dataset (coloured shapes; the embedded default)."""
+        output:
+            instances="results/data/{split}/instances.json",
+            images=directory("results/data/{split}/images"),
+        log:
+            "logs/dataset/demo_{split}.log",
+        wildcard_constraints:
+            split=DATASET_SPLITS,
+        conda:
+            "../envs/data.yaml"
+        resources:
+            **rule_resources(config, "dataset_demo"),
+        params:
+            images=demo_image_count,
+            seed=DATASET["demo"]["seed"],
+        shell:
+            "generate_demo_dataset.py --split {wildcards.split} --images {params.images}"
+            " --seed {params.seed} --out-instances {output.instances} --out-images {output.images}"
+            " > {log} 2>&1"
+
+
+if DATASET["source"] == "download":
+
+    rule dataset_extract:
+        """Extract a split of COCO 2017 from the downloaded archives (trainval: train2017, test: val2017)."""
+        input:
+            images=coco_images_archive,
+            annotations="resources/downloads/annotations_trainval2017.zip",
+        output:
+            instances="results/data/{split}/instances.json",
+            images=directory("results/data/{split}/images"),
+        log:
+            "logs/dataset/extract_{split}.log",
+        wildcard_constraints:
+            split=DATASET_SPLITS,
+        conda:
+            "../envs/data.yaml"
+        resources:
+            **rule_resources(config, "dataset_extract"),
+        params:
+            coco_split=coco_split_of,
+        shell:
+            "extract_dataset.py --images-zip {input.images}"
+            " --annotations-zip {input.annotations} --coco-split {params.coco_split}"
+            " --out-instances {output.instances} --out-images {output.images} > {log} 2>&1"
+
+
+if DATASET["source"] == "subset":
+
+    rule dataset_subset:
+        """Fetch N images of a COCO 2017 split one by one (cached under resources/downloads/)."""
+        input:
+            annotations="resources/downloads/annotations_trainval2017.zip",
+        output:
+            instances="results/data/{split}/instances.json",
+            images=directory("results/data/{split}/images"),
+        log:
+            "logs/dataset/subset_{split}.log",
+        wildcard_constraints:
+            split=DATASET_SPLITS,
+        conda:
+            "../envs/data.yaml"
+        resources:
+            **rule_resources(config, "dataset_subset"),
+        params:
+            coco_split=coco_split_of,
+            images=subset_image_count,
+            seed=DATASET["subset"]["seed"],
+            base_url=DATASET["download"]["base_url"],
+            retries=DATASET["download"]["retries"],
+        shell:
+            "fetch_subset.py --annotations-zip {input.annotations}"
+            " --coco-split {params.coco_split} --images {params.images} --seed {params.seed}"
+            " --base-url {params.base_url:q} --retries {params.retries}"
+            " --cache-dir resources/downloads/{params.coco_split}-images"
+            " --out-instances {output.instances} --out-images {output.images} > {log} 2>&1"
+
+
+if DATASET["source"] == "local":
+
+    rule dataset_local:
+        """Validate a COCO-format dataset on disk and link it in (images stays a symlink)."""
+        input:
+            instances=local_instances,
+            images=local_images,
+        output:
+            instances="results/data/{split}/instances.json",
+            images=directory("results/data/{split}/images"),
+        log:
+            "logs/dataset/local_{split}.log",
+        wildcard_constraints:
+            split=DATASET_SPLITS,
+        conda:
+            "../envs/data.yaml"
+        resources:
+            **rule_resources(config, "dataset_local"),
+        params:
+            check_images=DATASET["local"]["check_images"],
+        shell:
+            "link_local_dataset.py --instances {input.instances:q}"
+            " --images {input.images:q} --check-images {params.check_images}"
+            " --out-instances {output.instances} --out-images {output.images} > {log} 2>&1"

@@ -1,1 +1,74 @@
-# Rules of the lmdb stage (see README.md).
+# Rules of the lmdb stage (see README.md): results/lmdb/{split}_lmdb (Caffe LMDB of AnnotatedDatum) with
+# its build report results/lmdb/{split}_build.json, and results/lmdb/{split}_check/ (stats + pictures).
+from ssdlite_coco.resources import rule_resources, rule_threads
+
+LMDB = config["lmdb"]
+LMDB_SPLITS = "trainval|test"
+
+
+def lmdb_shuffle_option(wildcards):
+    """Trainval is shuffled with lmdb.shuffle_seed; test keeps image id order (the name-size file's)."""
+    return (
+        f"--shuffle-seed {LMDB['shuffle_seed']}"
+        if wildcards.split == "trainval"
+        else ""
+    )
+
+
+rule build_lmdb:
+    """Convert a split into a Caffe LMDB of AnnotatedDatum records (built aside, renamed when complete)."""
+    input:
+        instances="results/data/{split}/instances.json",
+        images="results/data/{split}/images",
+        labelmap="results/labelmap/labelmap.prototxt",
+        caffe="resources/caffe/manifest.json",
+    output:
+        lmdb=directory("results/lmdb/{split}_lmdb"),
+        report="results/lmdb/{split}_build.json",
+    log:
+        "logs/lmdb/build_lmdb_{split}.log",
+    wildcard_constraints:
+        split=LMDB_SPLITS,
+    conda:
+        "../envs/caffe.yaml"
+    threads: rule_threads(config, "build_lmdb")
+    resources:
+        **rule_resources(config, "build_lmdb"),
+    params:
+        crowd=LMDB["crowd"],
+        min_box_size=LMDB["min_box_size"],
+        on_bad_record=LMDB["on_bad_record"],
+        readers=LMDB["readers"],
+        shuffle=lmdb_shuffle_option,
+    shell:
+        "with-caffe build_lmdb.py --instances {input.instances} --images {input.images}"
+        " --labelmap {input.labelmap} --out {output.lmdb} --report-out {output.report}"
+        " --crowd {params.crowd} --min-box-size {params.min_box_size}"
+        " --on-bad-record {params.on_bad_record} --readers {params.readers} {params.shuffle} > {log} 2>&1"
+
+
+rule check_lmdb:
+    """Read the LMDB back, verify every record, write stats.csv, summary.csv and samples.png."""
+    input:
+        lmdb="results/lmdb/{split}_lmdb",
+        report="results/lmdb/{split}_build.json",
+        instances="results/data/{split}/instances.json",
+        labelmap="results/labelmap/labelmap.prototxt",
+        caffe="resources/caffe/manifest.json",
+    output:
+        check=directory("results/lmdb/{split}_check"),
+    log:
+        "logs/lmdb/check_lmdb_{split}.log",
+    wildcard_constraints:
+        split=LMDB_SPLITS,
+    conda:
+        "../envs/caffe.yaml"
+    threads: rule_threads(config, "check_lmdb")
+    resources:
+        **rule_resources(config, "check_lmdb"),
+    params:
+        readers=LMDB["readers"],
+    shell:
+        "with-caffe check_lmdb.py --lmdb {input.lmdb} --report {input.report}"
+        " --instances {input.instances} --labelmap {input.labelmap} --out {output.check}"
+        " --readers {params.readers} > {log} 2>&1"

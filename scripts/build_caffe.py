@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Build (or find in the cache) the project's Caffe-SSD; see ssdlite_coco.caffe_build."""
 
 import sys

@@ -37,9 +37,7 @@ def effective_resources(config: dict, rule_name: str) -> dict[str, int]:
         minimum = 0 if key == "gpus" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             where = f"resources.rules.{rule_name}.{key}" if key in overrides else f"resources.default.{key}"
-            raise ResourceConfigError(
-                f"config key '{where}' must be an integer >= {minimum}, got {value!r}"
-            )
+            raise ResourceConfigError(f"config key '{where}' must be an integer >= {minimum}, got {value!r}")
     return {key: values[key] for key in RESOURCE_KEYS}
 
 

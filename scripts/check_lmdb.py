@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Read a built LMDB back, verify every record, write stats (CSV) and a picture of sample records (PNG)."""
+
+import argparse
+import sys
+
+from ssdlite_coco.coco_records import CocoFileError
+from ssdlite_coco.labelmap import LabelmapError
+from ssdlite_coco.lmdb_check import LmdbCheckError, check_lmdb
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lmdb", required=True, help="LMDB folder (rule build_lmdb)")
+    parser.add_argument("--report", required=True, help="its build report (JSON)")
+    parser.add_argument("--instances", required=True, help="COCO instances JSON it was built from")
+    parser.add_argument("--labelmap", required=True, help="labelmap prototxt it was built with")
+    parser.add_argument("--out", required=True, help="folder to write stats.csv, summary.csv, samples.png")
+    parser.add_argument("--readers", type=int, default=2, help="threads decoding the images")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        summary = check_lmdb(
+            args.lmdb, args.report, args.instances, args.labelmap, args.out, readers=args.readers
+        )
+    except (LmdbCheckError, LabelmapError, CocoFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"ok: {args.lmdb}: {summary['records']} records and {summary['boxes']} boxes verified; "
+        f"stats in {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

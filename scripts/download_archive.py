@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Download one file with resume and SHA-1 check; see ssdlite_coco.download."""
+
+import argparse
+import sys
+
+from ssdlite_coco.download import DownloadError, download_file
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--sha1", default="", help="expected SHA-1 (hex); empty: do not check")
+    parser.add_argument("--out", required=True, help="file to write (bytes accumulate in OUT.part)")
+    parser.add_argument("--retries", type=int, default=5, help="resumes after a dropped connection")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before retrying")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.sha1:
+        print(f"warning: no SHA-1 given for {args.url}; the download is not verified", file=sys.stderr)
+    try:
+        download_file(
+            args.url,
+            args.out,
+            sha1=args.sha1 or None,
+            retries=args.retries,
+            timeout=args.timeout,
+            progress=not args.no_progress,
+        )
+    except DownloadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"downloaded {args.url} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Generate one split of the demo dataset (COCO-format shapes); see ssdlite_coco.demo_dataset."""
+
+import argparse
+import json
+import sys
+
+from ssdlite_coco.coco_dataset import DatasetError
+from ssdlite_coco.demo_dataset import SPLIT_INDEX, generate_split
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", choices=sorted(SPLIT_INDEX), required=True)
+    parser.add_argument("--images", type=int, required=True, help="number of images to generate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-instances", required=True, help="instances JSON to write")
+    parser.add_argument("--out-images", required=True, help="images folder to write")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        counts = generate_split(args.split, args.images, args.seed, args.out_instances, args.out_images)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"demo {args.split}: {json.dumps(counts)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Write the Caffe-SSD labelmap of the dataset and the name-size file (image_id height width) per split."""
+
+import argparse
+import sys
+
+from ssdlite_coco.coco_records import CocoFileError
+from ssdlite_coco.labelmap import MODES, LabelmapError, make_labelmap
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trainval", required=True, help="COCO instances JSON of the trainval split")
+    parser.add_argument("--test", required=True, help="COCO instances JSON of the test split")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="coco81",
+        help="coco81: background + contiguous labels (SSD); coco91: label = COCO category id",
+    )
+    parser.add_argument(
+        "--labelmap-file", default="", help="use (and check) this labelmap prototxt instead of generating one"
+    )
+    parser.add_argument("--labelmap-out", required=True, help="labelmap prototxt to write")
+    parser.add_argument("--trainval-name-size-out", required=True, help="name-size file of trainval")
+    parser.add_argument("--test-name-size-out", required=True, help="name-size file of test")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        items = make_labelmap(
+            {"trainval": args.trainval, "test": args.test},
+            args.labelmap_out,
+            {"trainval": args.trainval_name_size_out, "test": args.test_name_size_out},
+            mode=args.mode,
+            user_labelmap=args.labelmap_file or None,
+        )
+    except (LabelmapError, CocoFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.labelmap_out}: {len(items)} labels (background included)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

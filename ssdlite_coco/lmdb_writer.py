@@ -1,0 +1,411 @@
+"""Build a Caffe LMDB of ``AnnotatedDatum`` records from a COCO-format split.
+
+Each record holds the image file as stored (``datum.encoded``; only files that are not plain JPEGs
+are re-encoded, see ``image_bytes``), its size (``channels`` is 3: the net decodes in colour), and one
+``AnnotationGroup`` per label with ``NormalizedBBox`` boxes in [0, 1] (crowd boxes become
+``difficult`` or are dropped). Keys are ``{index:08d}_{image_id:012d}``: LMDB sorts by key, so the
+index is the order Caffe reads. Test records are in image id order (the order of the name-size file);
+trainval records are shuffled with a fixed seed.
+
+Readers (threads) read and check the files in parallel; a single writer appends to the LMDB in key
+order, in transactions of a fixed number of records, so the same inputs give a byte-identical
+``data.mdb``. The map size is computed from the file sizes and doubled on ``MDB_MAP_FULL``. The LMDB is
+built in a temporary sibling folder and renamed onto the target only when complete; the build report
+(JSON) is written next to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssdlite_coco.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.coco_records import CROWD_POLICIES, BadRecord, ImageRecord, load_coco, plan_records
+from ssdlite_coco.image_bytes import ImageDataError, prepare_image_bytes
+from ssdlite_coco.labelmap import category_to_label, read_labelmap
+
+BAD_RECORD_POLICIES = ("stop", "skip")
+RECORDS_PER_TXN = 1000
+MiB = 1 << 20
+
+
+class LmdbBuildError(RuntimeError):
+    """The LMDB cannot be built; the message is one line naming the file or record and the fix."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    crowd: str = "difficult"
+    min_box_size: float = 0.0
+    on_bad_record: str = "stop"
+    shuffle_seed: int | None = None
+    readers: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crowd not in CROWD_POLICIES:
+            raise LmdbBuildError(f"lmdb.crowd is {self.crowd!r}; use one of {', '.join(CROWD_POLICIES)}")
+        if self.on_bad_record not in BAD_RECORD_POLICIES:
+            raise LmdbBuildError(
+                f"lmdb.on_bad_record is {self.on_bad_record!r}; use one of {', '.join(BAD_RECORD_POLICIES)}"
+            )
+        if self.min_box_size < 0:
+            raise LmdbBuildError(f"lmdb.min_box_size is {self.min_box_size}; use a size >= 0 (pixels)")
+        if self.readers < 1:
+            raise LmdbBuildError(f"lmdb readers is {self.readers}; use 1 or more")
+
+
+def record_key(index: int, image_id: int) -> bytes:
+    return f"{index:08d}_{image_id:012d}".encode()
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def serialize_record(record: ImageRecord, data: bytes) -> bytes:
+    """``annotated_datum(record, data).SerializeToString()``, byte for byte, with one copy of ``data``.
+
+    Protobuf writes fields in field-number order: Datum is channels(1) height(2) width(3) data(4)
+    encoded(7); AnnotatedDatum is datum(1) type(2) annotation_group(3). The image bytes are spliced in
+    instead of being copied into a message and out again.
+    """
+    from caffe.proto import caffe_pb2
+
+    empty = annotated_datum(record, b"")
+    head = caffe_pb2.Datum(channels=3, height=record.height, width=record.width).SerializeToString()
+    tail = caffe_pb2.Datum(encoded=True).SerializeToString()
+    data_field_length = 1 + len(_varint(len(data))) + len(data)
+    datum_length = len(head) + data_field_length + len(tail)
+    empty.ClearField("datum")
+    return b"".join(
+        (b"\x0a", _varint(datum_length), head, b"\x22", _varint(len(data)), data, tail, empty.SerializeToString())
+    )
+
+
+def annotated_datum(record: ImageRecord, data: bytes) -> Any:
+    """The ``AnnotatedDatum`` of an image record with its (encoded) image bytes."""
+    from caffe.proto import caffe_pb2
+
+    message = caffe_pb2.AnnotatedDatum()
+    message.type = caffe_pb2.AnnotatedDatum.BBOX
+    datum = message.datum
+    datum.channels = 3
+    datum.height = record.height
+    datum.width = record.width
+    datum.data = data
+    datum.encoded = True
+    group = None
+    for box in record.boxes:  # sorted by (label, annotation id)
+        if group is None or group.group_label != box.label:
+            group = message.annotation_group.add()
+            group.group_label = box.label
+        annotation = group.annotation.add()
+        annotation.instance_id = len(group.annotation) - 1
+        bbox = annotation.bbox
+        bbox.xmin = box.xmin / record.width
+        bbox.ymin = box.ymin / record.height
+        bbox.xmax = box.xmax / record.width
+        bbox.ymax = box.ymax / record.height
+        bbox.difficult = box.difficult
+    return message
+
+
+@dataclass
+class _ReadResult:
+    record: ImageRecord
+    value: bytes | None
+    change: str
+    gray: bool
+    bad: BadRecord | None
+
+
+def _read_record(record: ImageRecord, images_dir: Path, source: str) -> _ReadResult:
+    path = images_dir / record.file_name
+    where = f"image id {record.image_id} in {source}"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return _ReadResult(
+            record,
+            None,
+            "",
+            False,
+            BadRecord(
+                record.image_id,
+                "missing_image",
+                f"{path}: image file of {where} is missing; restore the file or "
+                "remove the image from the annotation file",
+            ),
+        )
+    except OSError as error:
+        return _ReadResult(
+            record,
+            None,
+            "",
+            False,
+            BadRecord(
+                record.image_id,
+                "unreadable_image",
+                f"{path}: cannot read the image file of {where} ({error})",
+            ),
+        )
+    try:
+        prepared = prepare_image_bytes(data)
+    except ImageDataError as error:
+        return _ReadResult(
+            record,
+            None,
+            "",
+            False,
+            BadRecord(
+                record.image_id,
+                "corrupt_image",
+                f"{path}: {error} ({where}); replace the file (e.g. download it again)",
+            ),
+        )
+    if (prepared.width, prepared.height) != (record.width, record.height):
+        return _ReadResult(
+            record,
+            None,
+            "",
+            False,
+            BadRecord(
+                record.image_id,
+                "size_mismatch",
+                f"{path}: is {prepared.width}x{prepared.height} pixels but {where} "
+                f"says {record.width}x{record.height}; fix 'width'/'height' in the annotation file",
+            ),
+        )
+    value = serialize_record(record, prepared.data)
+    return _ReadResult(record, value, prepared.change, prepared.gray, None)
+
+
+def _read_in_order(records: list[ImageRecord], images_dir: Path, source: str, readers: int) -> Iterator[_ReadResult]:
+    """Read records with ``readers`` threads, yielding results in input order with bounded read-ahead."""
+    if readers == 1:
+        for record in records:
+            yield _read_record(record, images_dir, source)
+        return
+    window = readers * 16
+    with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="lmdb-reader") as pool:
+        pending: collections.deque = collections.deque()
+        iterator = iter(records)
+        for record in iterator:
+            pending.append(pool.submit(_read_record, record, images_dir, source))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = pending.popleft().result()
+            record = next(iterator, None)
+            if record is not None:
+                pending.append(pool.submit(_read_record, record, images_dir, source))
+            yield result
+
+
+def estimate_map_size(records: list[ImageRecord], images_dir: Path) -> int:
+    """An upper bound of the LMDB size: file sizes plus page rounding and annotations, plus headroom."""
+    total = 64 * MiB
+    for record in records:
+        try:
+            size = (images_dir / record.file_name).stat().st_size
+        except OSError:
+            size = 0
+        total += size + 4096 + 64 + 40 * len(record.boxes)
+    total = int(total * 1.1)
+    return (total + MiB - 1) // MiB * MiB
+
+
+class _Writer:
+    """Appends key/value pairs in fixed-size transactions; grows the map on MDB_MAP_FULL."""
+
+    def __init__(self, path: Path, map_size: int):
+        import lmdb
+
+        self._lmdb = lmdb
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            subdir=True,
+            sync=False,
+            metasync=False,
+            readahead=False,
+            writemap=True,
+            max_dbs=0,
+        )
+        self.map_size = map_size
+        self.batch: list[tuple[bytes, bytes]] = []
+        self.grown = 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.batch.append((key, value))
+        if len(self.batch) >= RECORDS_PER_TXN:
+            self.commit()
+
+    def commit(self) -> None:
+        if not self.batch:
+            return
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    cursor = txn.cursor()
+                    for key, value in self.batch:
+                        if not cursor.put(key, value, append=True):
+                            raise LmdbBuildError(f"key {key!r} is out of order (internal error)")
+                break
+            except self._lmdb.MapFullError:
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
+                self.grown += 1
+        self.batch = []
+
+    def close(self) -> None:
+        """Commit, flush to disk, close, and cut the file down to the pages in use.
+
+        With ``writemap`` LMDB makes ``data.mdb`` as large as the map (a sparse file); the pages past
+        the last one in use are never read, and without ``writemap`` LMDB would not have written them.
+        """
+        self.commit()
+        self.env.sync(True)
+        used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        data_file = Path(self.env.path()) / "data.mdb"
+        self.env.close()
+        with data_file.open("r+b") as stream:
+            stream.truncate(used)
+            os.fsync(stream.fileno())
+
+    def abort(self) -> None:
+        self.batch = []
+        self.env.close()
+
+
+def order_records(records: list[ImageRecord], shuffle_seed: int | None) -> list[ImageRecord]:
+    """Records in LMDB order: image id order, or a fixed-seed shuffle of it."""
+    ordered = sorted(records, key=lambda record: record.image_id)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(ordered)
+    return ordered
+
+
+def _stop_message(bad: BadRecord) -> str:
+    return f"{bad.message} (or set lmdb.on_bad_record: skip to leave such images out)"
+
+
+def build_lmdb(
+    instances: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    labelmap: str | os.PathLike,
+    out_lmdb: str | os.PathLike,
+    out_report: str | os.PathLike,
+    options: BuildOptions = BuildOptions(),
+) -> dict[str, Any]:
+    """Build ``out_lmdb`` from a COCO split and write ``out_report`` (JSON); return the report.
+
+    With ``on_bad_record: stop`` the first bad record raises LmdbBuildError and nothing is written;
+    with ``skip`` bad records are left out and listed in the report.
+    """
+    instances, images_dir, out_lmdb = Path(instances), Path(images_dir), Path(out_lmdb)
+    source = str(instances)
+    coco = load_coco(instances)
+    items = read_labelmap(labelmap)
+    plan = plan_records(
+        coco,
+        category_to_label(items),
+        source,
+        crowd=options.crowd,
+        min_box_size=options.min_box_size,
+        labelmap_source=f"the labelmap {labelmap}",
+    )
+    if plan.bad and options.on_bad_record == "stop":
+        raise LmdbBuildError(_stop_message(plan.bad[0]))
+    if not images_dir.is_dir():
+        raise LmdbBuildError(f"{images_dir}: images folder not found; run the dataset stage or fix the path")
+    bad: list[BadRecord] = list(plan.bad)
+    counts = collections.Counter(plan.counts)
+    ordered = order_records(plan.records, options.shuffle_seed)
+    written_ids: list[int] = []
+    map_size = estimate_map_size(ordered, images_dir)
+    with atomic_path(out_lmdb, directory=True) as tmp:
+        writer = _Writer(tmp, map_size)
+        try:
+            progress = _progress(len(ordered), f"lmdb {out_lmdb.name}", options.progress)
+            for result in _read_in_order(ordered, images_dir, source, options.readers):
+                progress.update(1)
+                if result.bad is not None:
+                    if options.on_bad_record == "stop":
+                        raise LmdbBuildError(_stop_message(result.bad))
+                    bad.append(result.bad)
+                    continue
+                writer.put(record_key(len(written_ids), result.record.image_id), result.value)
+                written_ids.append(result.record.image_id)
+                counts["boxes"] += len(result.record.boxes)
+                counts["difficult_boxes"] += sum(box.difficult for box in result.record.boxes)
+                counts["images_without_boxes"] += not result.record.boxes
+                counts["grayscale_images"] += result.gray
+                if result.change:
+                    counts[
+                        "reencoded_images" if result.change.startswith("re-encoded") else "exif_orientation_removed"
+                    ] += 1
+            progress.close()
+            writer.close()
+            os.chmod(tmp, 0o755)  # a temporary folder is private; the LMDB is not
+        except BaseException:
+            writer.abort()
+            raise
+        if not written_ids:
+            raise LmdbBuildError(
+                f"{instances}: no image could be written to the LMDB ({len(bad)} bad records); check the split"
+            )
+        report = {
+            "instances": str(instances),
+            "images_dir": str(images_dir),
+            "labelmap": str(labelmap),
+            "options": {
+                "crowd": options.crowd,
+                "min_box_size": options.min_box_size,
+                "on_bad_record": options.on_bad_record,
+                "shuffle_seed": options.shuffle_seed,
+            },
+            "images_in_annotation_file": len(coco["images"]),
+            "records": len(written_ids),
+            "map_size": writer.map_size,
+            "map_size_grown": writer.grown,
+            "counts": {key: counts[key] for key in sorted(counts)},
+            "bad_records": {kind: n for kind, n in sorted(collections.Counter(b.kind for b in bad).items())},
+            "bad_record_messages": [b.message for b in bad],
+            "image_ids": written_ids,
+        }
+        atomic_write_text(out_report, json.dumps(report, indent=1) + "\n")
+    return report
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, description: str, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="img", file=sys.stderr, mininterval=2.0)
