@@ -15,20 +15,31 @@ configfile: "config/config.yaml"
 sys.path.insert(0, workflow.basedir)
 # Rules call scripts/ by name (`with-caffe build_lmdb.py ...`), wherever the working directory is.
 os.environ.update(
-    PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])),
-    PATH=os.pathsep.join([os.path.join(workflow.basedir, "scripts"), os.environ["PATH"]]),
+    PYTHONPATH=os.pathsep.join(
+        filter(None, [workflow.basedir, os.getenv("PYTHONPATH")])
+    ),
+    PATH=os.pathsep.join(
+        filter(None, [os.path.join(workflow.basedir, "scripts"), os.getenv("PATH")])
+    ),
 )
 
 from ssdlite_coco.config_check import ConfigError, validate_config
 
 try:
-    config.update(validate_config(config, os.path.join(workflow.basedir, "config", "schema.yaml")))
+    config.update(
+        validate_config(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+    )
 except ConfigError as error:
     sys.exit(f"error: {error}")
-WITH_CAFFE = os.path.join(workflow.basedir, "scripts", "with-caffe")
-SCRIPTS = os.path.join(workflow.basedir, "scripts")
+
+# scripts/with-caffe picks the CPU or the CUDA build of Caffe from this.
+os.environ.update(SSDLITE_CAFFE_DEVICE=config["caffe"]["device"])
 
 
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
 include: "rules/caffe.smk"
 include: "rules/dataset.smk"
 include: "rules/labelmap.smk"
@@ -40,5 +51,9 @@ include: "rules/report.smk"
 
 
 rule all:
+    """The whole chain: checked LMDBs, trained and evaluated model, deploy export, report figures."""
     input:
-        "resources/caffe/manifest.json",
+        expand("results/lmdb/{split}_check", split=["trainval", "test"]),
+        "results/evaluate/metrics.json",
+        "results/deploy/deploy.caffemodel",
+        "results/report/loss.png",

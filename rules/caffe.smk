@@ -1,7 +1,3 @@
-import glob
-
-from ssdlite_coco.resources import rule_resources, rule_threads
-
 
 rule caffe_build:
     """Build the project's Caffe-SSD (pinned sdist + caffe/patches) into the shared build cache."""

@@ -1,10 +1,5 @@
 # Rules of the dataset stage (see README.md): results/data/{split}/instances.json + images/ for
 # split trainval and test, from the source chosen by dataset.source (demo, download, subset, local).
-from ssdlite_coco.coco2017 import ARCHIVE_PATHS, SPLIT_TO_COCO, archive_url
-from ssdlite_coco.resources import rule_resources
-
-DATASET = config["dataset"]
-DATASET_SPLITS = "trainval|test"
 
 
 # Downloads run where the internet is (the submit host under SLURM); the others take seconds.
@@ -13,49 +8,6 @@ localrules:
     dataset_download_archive,
     dataset_subset,
     dataset_local,
-
-
-def demo_image_count(wildcards):
-    return DATASET["demo"][f"{wildcards.split}_images"]
-
-
-def subset_image_count(wildcards):
-    return DATASET["subset"][f"{wildcards.split}_images"]
-
-
-def coco_split_of(wildcards):
-    return SPLIT_TO_COCO[wildcards.split]
-
-
-def coco_images_archive(wildcards):
-    return f"resources/downloads/{SPLIT_TO_COCO[wildcards.split]}.zip"
-
-
-def coco_archive_url(wildcards):
-    return archive_url(wildcards.archive, DATASET["download"]["base_url"])
-
-
-def coco_archive_sha1(wildcards):
-    return DATASET["download"]["sha1"][wildcards.archive]
-
-
-def local_path(split, key):
-    value = DATASET["local"][split][key]
-    if not value:
-        raise ValueError(
-            f"config dataset.local.{split}.{key} is empty: with dataset.source 'local' set it to the "
-            f"{'images folder' if key == 'images' else 'COCO instances JSON'} of the {split} split "
-            "(see config/README.md)"
-        )
-    return os.path.abspath(os.path.expanduser(value))
-
-
-def local_instances(wildcards):
-    return local_path(wildcards.split, "instances")
-
-
-def local_images(wildcards):
-    return local_path(wildcards.split, "images")
 
 
 # Archives of COCO 2017 (download and subset sources). Bytes accumulate in {archive}.zip.part, which

@@ -1,13 +1,6 @@
 # Rules of the labelmap stage (see README.md): results/labelmap/labelmap.prototxt (config labelmap.mode,
 # or the checked labelmap.file) and results/labelmap/{split}_name_size.txt for trainval and test.
 
-LABELMAP = config["labelmap"]
-
-
-def user_labelmap_inputs(wildcards):
-    """The user-supplied labelmap as an input (so that editing it reruns the rule), if there is one."""
-    return [LABELMAP["file"]] if LABELMAP["file"] else []
-
 
 rule make_labelmap:
     """Write the Caffe-SSD labelmap of the dataset and the name-size file (image_id height width) per split."""

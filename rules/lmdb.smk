@@ -1,18 +1,5 @@
 # Rules of the lmdb stage (see README.md): results/lmdb/{split}_lmdb (Caffe LMDB of AnnotatedDatum) with
 # its build report results/lmdb/{split}_build.json, and results/lmdb/{split}_check/ (stats + pictures).
-from ssdlite_coco.resources import rule_resources, rule_threads
-
-LMDB = config["lmdb"]
-LMDB_SPLITS = "trainval|test"
-
-
-def lmdb_shuffle_option(wildcards):
-    """Trainval is shuffled with lmdb.shuffle_seed; test keeps image id order (the name-size file's)."""
-    return (
-        f"--shuffle-seed {LMDB['shuffle_seed']}"
-        if wildcards.split == "trainval"
-        else ""
-    )
 
 
 rule build_lmdb:

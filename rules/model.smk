@@ -1,1 +1,38 @@
-# Rules of the model stage (see README.md).
+# Rules of the model stage (see models/README.md): the MobileNetV2-SSDLite train, test and deploy nets
+# and the solver in results/model/, generated from the `model:` and `solver:` config sections, or the
+# user's own prototxts patched onto this workflow's data (model.mode: patch). The LMDB paths are only
+# written into the nets (rule train needs the LMDBs, this rule does not).
+
+
+rule make_model:
+    """Write results/model/{train,test,deploy,solver}.prototxt and the resolved model_config.json."""
+    input:
+        caffe="resources/caffe/manifest.json",
+        labelmap="results/labelmap/labelmap.prototxt",
+        test_name_size="results/labelmap/test_name_size.txt",
+        test_instances="results/data/test/instances.json",
+        patched=patched_prototxts,
+    output:
+        train="results/model/train.prototxt",
+        test="results/model/test.prototxt",
+        deploy="results/model/deploy.prototxt",
+        solver="results/model/solver.prototxt",
+        config="results/model/model_config.json",
+    log:
+        "logs/make_model.log",
+    conda:
+        "../envs/caffe.yaml"
+    resources:
+        **rule_resources(config, "make_model"),
+    params:
+        model=json.dumps(MODEL),
+        solver=json.dumps(config["solver"]),
+        device=config["train"]["device"],
+    shell:
+        "with-caffe make_model.py --model-config {params.model:q}"
+        " --solver-config {params.solver:q} --device {params.device}"
+        " --labelmap {input.labelmap} --name-size {input.test_name_size}"
+        " --test-instances {input.test_instances}"
+        " --train-lmdb results/lmdb/trainval_lmdb --test-lmdb results/lmdb/test_lmdb"
+        " --out-train {output.train} --out-test {output.test} --out-deploy {output.deploy}"
+        " --out-solver {output.solver} --config-out {output.config} > {log} 2>&1"

@@ -1,1 +1,40 @@
-# Rules of the report stage (see README.md).
+# Rules of the report stage (see README.md): figures for `snakemake --report report.html`.
+
+
+rule plot_report:
+    """Loss curve, mAP table and a grid of detections drawn on test images, for the HTML report."""
+    input:
+        train_log="results/train/train_log.csv",
+        metrics="results/evaluate/metrics.json",
+        detections="results/evaluate/detections.json",
+        instances="results/data/test/instances.json",
+        images="results/data/test/images",
+    output:
+        loss=report(
+            "results/report/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+        ),
+        metrics=report(
+            "results/report/metrics.html",
+            caption="../report/map.rst",
+            category="Evaluation",
+        ),
+        detections=report(
+            "results/report/detections.jpg",
+            caption="../report/detections.rst",
+            category="Evaluation",
+        ),
+    log:
+        "logs/plot_report.log",
+    conda:
+        "../envs/report.yaml"
+    params:
+        num_images=config["evaluate"]["report_images"],
+        score_threshold=config["evaluate"]["report_score_threshold"],
+    shell:
+        "plot_report.py --train-log {input.train_log} --metrics {input.metrics}"
+        " --detections {input.detections} --instances {input.instances} --images {input.images}"
+        " --num-images {params.num_images} --score-threshold {params.score_threshold}"
+        " --loss-png {output.loss} --metrics-html {output.metrics}"
+        " --detections-image {output.detections} > {log} 2>&1"

@@ -31,3 +31,14 @@ def shared_dir() -> Path:
 def coco_mini_dir(shared_dir: Path) -> Path:
     return shared_dir / "datasets" / "coco-mini"
 
+
+
+@pytest.fixture(scope="session")
+def demo_run(repo_root: Path, tmp_path_factory) -> Path:
+    """The whole default workflow (the demo), run once per session in a copy of the checkout."""
+    from tests.workflow_run import copy_workflow, output_tail, run_snakemake
+
+    workdir = copy_workflow(repo_root, tmp_path_factory.mktemp("demo") / "workflow")
+    result = run_snakemake(workdir, ["--cores", "2"], timeout=3600)
+    assert result.returncode == 0, f"the demo run failed:\n{output_tail(result)}"
+    return workdir

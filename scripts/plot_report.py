@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Draw the report's figures: loss curve, mAP table (HTML) and a grid of detections on test images."""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train-log", required=True, type=Path, help="results/train/train_log.csv")
+    parser.add_argument("--metrics", required=True, type=Path, help="results/evaluate/metrics.json")
+    parser.add_argument("--detections", required=True, type=Path, help="results/evaluate/detections.json")
+    parser.add_argument("--instances", required=True, type=Path, help="results/data/test/instances.json")
+    parser.add_argument("--images", required=True, type=Path, help="results/data/test/images")
+    parser.add_argument("--num-images", type=int, default=12, help="test images in the detection grid")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="lowest score drawn")
+    parser.add_argument("--loss-png", required=True, type=Path)
+    parser.add_argument("--metrics-html", required=True, type=Path)
+    parser.add_argument("--detections-image", required=True, type=Path)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from ssdlite_coco.report import ReportError, detection_grid, metrics_html, plot_loss
+
+    try:
+        plot_loss(args.train_log, args.loss_png)
+        metrics_html(args.metrics, args.metrics_html)
+        detection_grid(args.detections, args.instances, args.images, args.detections_image,
+                       num_images=args.num_images, score_threshold=args.score_threshold)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,123 @@
+"""The Caffe solver of the workflow, as a ``caffe_pb2.SolverParameter``.
+
+``test_iter`` is derived from the test set: enough batches to see every test image once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from caffe.proto import caffe_pb2
+
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+# Caffe refuses a momentum with these solvers.
+NO_MOMENTUM = ("AdaGrad", "RMSProp")
+
+
+class SolverError(ValueError):
+    """The solver settings are inconsistent; the message is one line naming the setting."""
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    type: str = "SGD"
+    base_lr: float = 0.005
+    lr_policy: str = "multistep"
+    gamma: float = 0.1
+    steps: list[int] = field(default_factory=lambda: [120000, 160000])
+    power: float = 1.0  # poly / inv
+    momentum: float = 0.9
+    rms_decay: float = 0.9
+    weight_decay: float = 0.00004
+    max_iter: int = 200000
+    snapshot: int = 10000
+    snapshot_prefix: str = "resources/snapshots/mobilenetv2_ssdlite"
+    test_interval: int = 10000
+    test_initialization: bool = False
+    display: int = 20
+    average_loss: int = 20
+    iter_size: int = 1
+    random_seed: int | None = None
+    ap_version: str = "11point"  # 11point | MaxIntegral | Integral
+
+    def __post_init__(self):
+        if self.type not in SOLVER_TYPES:
+            raise SolverError(f"solver type must be one of {list(SOLVER_TYPES)}, got {self.type!r}")
+        if self.lr_policy not in LR_POLICIES:
+            raise SolverError(f"lr_policy must be one of {list(LR_POLICIES)}, got {self.lr_policy!r}")
+        if self.lr_policy in ("step", "multistep") and not self.steps:
+            raise SolverError(f"lr_policy {self.lr_policy!r} needs at least one step")
+        if list(self.steps) != sorted(self.steps):
+            raise SolverError(f"steps must increase, got {list(self.steps)}")
+        if self.base_lr <= 0 or self.max_iter < 0:
+            raise SolverError("base_lr must be positive and max_iter non-negative")
+        if self.ap_version not in ("11point", "MaxIntegral", "Integral"):
+            raise SolverError(f"ap_version must be 11point, MaxIntegral or Integral, got {self.ap_version!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SolverOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SolverError(
+                f"unknown solver option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def count_test_iterations(num_test_images: int, test_batch_size: int) -> int:
+    """Batches needed to see every test image once (at least one)."""
+    if test_batch_size < 1:
+        raise SolverError(f"test batch size must be at least 1, got {test_batch_size}")
+    return max(1, math.ceil(num_test_images / test_batch_size))
+
+
+def build_solver(
+    options: SolverOptions,
+    train_net: str,
+    test_net: str | None = None,
+    test_iter: int = 1,
+    device: str = "cpu",
+) -> caffe_pb2.SolverParameter:
+    solver = caffe_pb2.SolverParameter()
+    solver.train_net = train_net
+    if test_net:
+        solver.test_net.append(test_net)
+        solver.test_iter.append(test_iter)
+        solver.test_interval = options.test_interval
+        solver.test_initialization = options.test_initialization
+        solver.eval_type = "detection"
+        solver.ap_version = options.ap_version
+    solver.type = options.type
+    solver.base_lr = options.base_lr
+    solver.lr_policy = options.lr_policy
+    if options.lr_policy in ("step", "exp", "inv", "multistep", "sigmoid"):
+        solver.gamma = options.gamma
+    if options.lr_policy == "multistep":
+        solver.stepvalue.extend(options.steps)
+    elif options.lr_policy in ("step", "sigmoid"):
+        solver.stepsize = options.steps[0]
+    if options.lr_policy in ("poly", "inv"):
+        solver.power = options.power
+    if options.type not in NO_MOMENTUM:
+        solver.momentum = options.momentum
+    if options.type == "RMSProp":
+        solver.rms_decay = options.rms_decay
+    solver.weight_decay = options.weight_decay
+    solver.max_iter = options.max_iter
+    solver.snapshot = options.snapshot
+    solver.snapshot_prefix = options.snapshot_prefix
+    solver.snapshot_after_train = True
+    solver.display = options.display
+    solver.average_loss = options.average_loss
+    solver.iter_size = options.iter_size
+    if options.random_seed is not None:
+        solver.random_seed = options.random_seed
+    solver.solver_mode = caffe_pb2.SolverParameter.GPU if device == "cuda" else caffe_pb2.SolverParameter.CPU
+    return solver

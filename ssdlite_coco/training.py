@@ -1,0 +1,402 @@
+"""Train an SSD net through pycaffe, step by step, with snapshots that survive a killed run.
+
+``train`` reads the solver prototxt, writes a patched copy (absolute net paths, the device, Caffe's
+own snapshots and tests off) and steps the solver one iteration at a time from Python, so that it
+records the loss and learning rate of every iteration, runs the test net at the solver's
+``test_interval`` (Caffe's ``detection_eval``, computed from the DetectionEvaluate rows like
+``Solver::TestDetection``), prints progress with an ETA, and snapshots every ``snapshot_interval``
+iterations.
+
+Snapshots live in ``<snapshot_root>/<run key>/`` (``resources/snapshots/`` in the workflow, which
+Snakemake does not delete when a job fails). The run key hashes what makes a snapshot reusable: the
+train net, the solver settings other than ``max_iter`` and the initial weights. ``latest.json`` is
+written (atomically) only after a snapshot's files are complete, so a run killed at any moment —
+even while Caffe writes a snapshot — resumes from the newest complete one. The log rows up to the
+snapshot are kept next to it, so the CSV of a resumed run still starts at iteration 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ssdlite_coco.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.detections import DetectionEvalAccumulator, format_duration
+from ssdlite_coco.train_log import LOG_COLUMNS, read_log_csv, write_log_csv
+
+DEVICES = ("cpu", "cuda")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on; the message names the file or setting and the fix."""
+
+
+# -------------------------------------------------------------------------------------------- the device
+def caffe_prefix() -> Path | None:
+    explicit = os.environ.get("SSDLITE_CAFFE_PREFIX")
+    if explicit:
+        return Path(explicit)
+    try:
+        import caffe
+    except ImportError:
+        return None
+    return Path(caffe.__file__).resolve().parents[2]
+
+
+def caffe_build_device() -> str | None:
+    """``cpu`` or ``cuda`` as recorded in the build manifest of the imported Caffe (None if unknown)."""
+    prefix = caffe_prefix()
+    manifest = prefix / "manifest.json" if prefix else None
+    if manifest is None or not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text()).get("device")
+
+
+def select_device(device: str, gpu_id: int = 0) -> None:
+    """Put Caffe in CPU or GPU mode; GPU mode on a CPU-only build fails with one clear line."""
+    import caffe
+
+    if device not in DEVICES:
+        raise TrainingError(f"device {device!r} is not known; use one of {', '.join(DEVICES)}")
+    if device == "cuda":
+        built = caffe_build_device()
+        if built != "cuda":
+            raise TrainingError(
+                f"train.device is cuda but the Caffe in use ({caffe_prefix()}) is a {built or 'unknown'} build; "
+                "set caffe.device: cuda in the config (and SSDLITE_CAFFE_DEVICE=cuda for scripts/with-caffe) "
+                "to build Caffe with CUDA, or set train.device: cpu")
+        caffe.set_mode_gpu()
+        caffe.set_device(gpu_id)
+    else:
+        caffe.set_mode_cpu()
+
+
+# -------------------------------------------------------------------------------------------- the solver
+def read_solver(path: str | os.PathLike):
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"{path}: solver prototxt not found (made by the model rule)")
+    solver = caffe_pb2.SolverParameter()
+    try:
+        text_format.Parse(path.read_text(), solver)
+    except text_format.ParseError as error:
+        raise TrainingError(f"{path}: not a Caffe SolverParameter prototxt ({error})") from None
+    if not solver.HasField("train_net") and not solver.HasField("net"):
+        raise TrainingError(f"{path}: names no train net; set train_net: (or net:) to the train prototxt")
+    if solver.max_iter < 0:
+        raise TrainingError(f"{path}: max_iter is {solver.max_iter}; set it to the number of iterations to train")
+    return solver
+
+
+def resolve_net_path(value: str, solver_path: Path) -> Path:
+    """A net path from a solver: absolute, else relative to the working directory, else to the solver."""
+    candidate = Path(value)
+    if candidate.is_absolute():
+        found = candidate
+    elif candidate.is_file():
+        found = candidate.resolve()
+    else:
+        found = (solver_path.parent / candidate).resolve()
+    if not found.is_file():
+        raise TrainingError(f"{solver_path}: net {value!r} not found (relative to the working directory "
+                            f"or to {solver_path.parent})")
+    return found
+
+
+def net_paths(solver, solver_path: Path) -> tuple[Path, list[Path]]:
+    train = resolve_net_path(solver.train_net or solver.net, solver_path)
+    tests = [resolve_net_path(value, solver_path) for value in solver.test_net]
+    if solver.HasField("net") and not solver.test_net and solver.test_iter:
+        tests = [train]  # a `net:` solver tests the TEST phase of the same file
+    return train, tests
+
+
+def patch_solver(solver, solver_path: Path, snapshot_prefix: Path, device: str):
+    """The solver as this runner drives it: absolute paths, our device, Caffe's snapshots/tests/display off."""
+    from caffe.proto import caffe_pb2
+
+    patched = caffe_pb2.SolverParameter()
+    patched.CopyFrom(solver)
+    train, tests = net_paths(solver, solver_path)
+    patched.ClearField("net")
+    patched.train_net = str(train)
+    patched.ClearField("test_net")
+    patched.test_net.extend(str(path) for path in tests)
+    if len(patched.test_iter) != len(tests):
+        raise TrainingError(f"{solver_path}: has {len(tests)} test nets but {len(patched.test_iter)} test_iter "
+                            "values; give one test_iter per test net")
+    patched.snapshot = 0
+    patched.snapshot_after_train = False
+    patched.test_interval = 2**31 - 1  # Caffe wants > 0 when there are test nets; this runner tests itself
+    patched.test_initialization = False
+    patched.display = 0
+    patched.snapshot_prefix = str(snapshot_prefix)
+    patched.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
+    patched.solver_mode = caffe_pb2.SolverParameter.GPU if device == "cuda" else caffe_pb2.SolverParameter.CPU
+    return patched
+
+
+def run_key(solver, train_net: Path, initial_weights: Path | None) -> str:
+    """What makes a snapshot reusable: train net text, solver settings except max_iter and logging, weights."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    settings = caffe_pb2.SolverParameter()
+    settings.CopyFrom(solver)
+    for name in ("max_iter", "snapshot", "snapshot_prefix", "snapshot_after_train", "display", "solver_mode",
+                 "device_id", "net", "train_net", "test_net", "test_iter", "test_interval",
+                 "test_initialization", "debug_info", "average_loss"):
+        settings.ClearField(name)
+    digest = hashlib.sha256()
+    digest.update(text_format.MessageToString(settings).encode())
+    digest.update(train_net.read_bytes())
+    if initial_weights is not None:
+        digest.update(_file_digest(initial_weights).encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def learning_rate(solver, iteration: int) -> float:
+    """The rate SGDSolver::GetLearningRate uses at ``iteration``."""
+    policy, base, gamma, power = solver.lr_policy, solver.base_lr, solver.gamma, solver.power
+    if policy == "fixed":
+        return base
+    if policy == "step":
+        return base * gamma ** (iteration // solver.stepsize)
+    if policy == "exp":
+        return base * gamma ** iteration
+    if policy == "inv":
+        return base * (1 + gamma * iteration) ** (-power)
+    if policy == "multistep":
+        return base * gamma ** sum(1 for value in solver.stepvalue if iteration >= value)
+    if policy == "poly":
+        return base * (1 - iteration / solver.max_iter) ** power
+    if policy == "sigmoid":
+        return base / (1 + math.exp(-gamma * (iteration - solver.stepsize)))
+    raise TrainingError(f"lr_policy {policy!r} is not one Caffe knows (fixed, step, exp, inv, multistep, poly, "
+                        "sigmoid)")
+
+
+def loss_weights(net_file: Path) -> dict[str, float]:
+    """Output blob → loss weight for the TRAIN phase of a net prototxt (Caffe's defaults for *Loss layers)."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    net = caffe_pb2.NetParameter()
+    text_format.Parse(net_file.read_text(), net)
+    weights = {}
+    for layer in net.layer:
+        if any(rule.HasField("phase") and rule.phase != caffe_pb2.TRAIN for rule in layer.include):
+            continue
+        for index, top in enumerate(layer.top):
+            if index < len(layer.loss_weight):
+                weight = layer.loss_weight[index]
+            else:
+                weight = 1.0 if layer.type.endswith("Loss") and index == 0 else 0.0
+            if weight:
+                weights[top] = weight
+    return weights
+
+
+# ------------------------------------------------------------------------------------------------ snapshots
+class SnapshotStore:
+    """Complete snapshots of one run under ``folder``; ``latest.json`` names the newest complete one."""
+
+    def __init__(self, folder: Path, keep: int = 2):
+        self.folder = folder
+        self.keep = max(1, keep)
+        self.prefix = folder / "snapshot"
+        self.pointer = folder / "latest.json"
+
+    def files(self, iteration: int) -> dict[str, Path]:
+        return {
+            "caffemodel": Path(f"{self.prefix}_iter_{iteration}.caffemodel"),
+            "solverstate": Path(f"{self.prefix}_iter_{iteration}.solverstate"),
+            "log": self.folder / f"log_iter_{iteration}.csv",
+        }
+
+    def latest(self) -> dict[str, Any] | None:
+        if not self.pointer.is_file():
+            return None
+        try:
+            record = json.loads(self.pointer.read_text())
+            iteration = int(record["iteration"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        files = self.files(iteration)
+        if not all(path.is_file() for path in files.values()):
+            return None
+        return {"iteration": iteration, **files}
+
+    def save(self, solver, rows: list[dict[str, Any]]) -> int:
+        """Snapshot ``solver`` (Caffe writes the .caffemodel/.solverstate), its log rows, then the pointer."""
+        iteration = solver.iter
+        solver.snapshot()
+        files = self.files(iteration)
+        write_log_csv(rows, files["log"])
+        atomic_write_text(self.pointer, json.dumps({"iteration": iteration, "saved": time.time()}) + "\n")
+        self._prune()
+        return iteration
+
+    def _prune(self) -> None:
+        iterations = sorted(
+            int(path.name[len("snapshot_iter_"):-len(".solverstate")])
+            for path in self.folder.glob("snapshot_iter_*.solverstate")
+        )
+        for old in iterations[:-self.keep]:
+            for path in self.files(old).values():
+                path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+@dataclass
+class TrainSettings:
+    solver: Path
+    weights_out: Path
+    log_csv_out: Path
+    snapshot_root: Path
+    device: str = "cpu"
+    initial_weights: Path | None = None
+    snapshot_interval: int = 0  # 0 = the solver's `snapshot` (1000 where that is 0 too)
+    keep_snapshots: int = 2
+    progress_interval: int = 0  # iterations between progress lines; 0 = the solver's display (else 100)
+
+
+def test_detection(solver, test_index: int, test_iter: int, ap_version: str) -> float | None:
+    """Caffe's ``detection_eval`` of test net ``test_index`` with the current weights (None if no 5-wide output)."""
+    net = solver.test_nets[test_index]
+    net.share_with(solver.net)
+    accumulator = DetectionEvalAccumulator()
+    found = False
+    for _ in range(test_iter):
+        outputs = net.forward()
+        for value in outputs.values():
+            if value.ndim == 4 and value.shape[-1] == 5:
+                accumulator.add(value)
+                found = True
+    return accumulator.mean_ap(ap_version) if found else None
+
+
+def train(settings: TrainSettings, log=print) -> dict[str, Any]:
+    """Train to the solver's ``max_iter`` (resuming from the newest snapshot); write weights and the log CSV."""
+    import caffe
+    from ssdlite_coco.weights import copy_weights_by_name, format_copy_table, read_caffemodel
+
+    solver_path = Path(settings.solver)
+    original = read_solver(solver_path)
+    train_net, test_nets = net_paths(original, solver_path)
+    initial = Path(settings.initial_weights) if settings.initial_weights else None
+    if initial is not None and not initial.is_file():
+        raise TrainingError(f"initial weights {initial} not found")
+    if settings.snapshot_interval < 0:
+        raise TrainingError(f"train.snapshot_interval is {settings.snapshot_interval}; it must be >= 0")
+    snapshot_interval = settings.snapshot_interval or original.snapshot or 1000
+    select_device(settings.device)
+    key = run_key(original, train_net, initial)
+    store = SnapshotStore(Path(settings.snapshot_root).resolve() / f"run-{key}", settings.keep_snapshots)
+    store.folder.mkdir(parents=True, exist_ok=True)
+    patched = patch_solver(original, solver_path, store.prefix, settings.device)
+    patched_file = store.folder / "solver.prototxt"
+    from google.protobuf import text_format
+
+    atomic_write_text(patched_file, text_format.MessageToString(patched))
+    if original.random_seed >= 0:
+        caffe.set_random_seed(original.random_seed)
+    solver = caffe.get_solver(str(patched_file))
+
+    rows: list[dict[str, Any]] = []
+    resumed_from = None
+    latest = store.latest()
+    if latest is not None:
+        if latest["iteration"] > original.max_iter:
+            raise TrainingError(f"the newest snapshot ({latest['solverstate']}) is at iteration "
+                                f"{latest['iteration']}, past max_iter {original.max_iter}; raise max_iter or "
+                                f"delete {store.folder} to train from scratch")
+        solver.restore(str(latest["solverstate"]))
+        rows = [row for row in read_log_csv(latest["log"]) if row["iteration"] < latest["iteration"]]
+        resumed_from = latest["iteration"]
+        log(f"resuming from snapshot {latest['solverstate']} at iteration {resumed_from}")
+    elif initial is not None:
+        table = copy_weights_by_name(solver.net, read_caffemodel(initial))
+        log(f"initial weights {initial} copied by layer name:\n{format_copy_table(table)}")
+        if not any(row.status == "copied" for row in table):
+            raise TrainingError(f"initial weights {initial} share no layer (by name and shape) with {train_net}; "
+                                "check train.initial_weights")
+    else:
+        log("training from the fillers' initialization (no train.initial_weights)")
+
+    weights = loss_weights(train_net)
+    max_iter = original.max_iter
+    test_interval = original.test_interval if test_nets else 0
+    detection = original.eval_type == "detection"
+    display = settings.progress_interval or original.display or 100
+    start_iter = solver.iter
+    started = time.monotonic()
+    last_snapshot = resumed_from
+
+    def run_tests(iteration: int) -> None:
+        for index in range(len(test_nets)):
+            value = test_detection(solver, index, original.test_iter[index], original.ap_version) \
+                if detection else None
+            if value is not None:
+                rows.append({"iteration": iteration, "loss": math.nan, "learning_rate": math.nan,
+                             "detection_eval": value})
+                log(f"iteration {iteration}: test net #{index} detection_eval = {value:.6f}")
+
+    log(f"training {train_net.name} from iteration {start_iter} to {max_iter} on {settings.device}; "
+        f"snapshots every {snapshot_interval} in {store.folder}")
+    while solver.iter < max_iter:
+        iteration = solver.iter
+        if test_interval and iteration % test_interval == 0 and (iteration > 0 or original.test_initialization):
+            run_tests(iteration)
+        rate = learning_rate(original, iteration)
+        solver.step(1)
+        loss = sum(weight * float(solver.net.blobs[name].data.sum()) for name, weight in weights.items())
+        if not math.isfinite(loss):
+            raise TrainingError(f"the loss is {loss} at iteration {iteration}; lower base_lr in the solver "
+                                f"({solver_path}) or check the data")
+        rows.append({"iteration": iteration, "loss": loss, "learning_rate": rate, "detection_eval": math.nan})
+        done = solver.iter
+        if done % snapshot_interval == 0:
+            last_snapshot = store.save(solver, rows)
+        if done % display == 0 or done == max_iter:
+            recent = [row["loss"] for row in rows[-(original.average_loss or 1):] if not math.isnan(row["loss"])]
+            elapsed = time.monotonic() - started
+            speed = (done - start_iter) / max(elapsed, 1e-9)
+            eta = (max_iter - done) / speed if speed > 0 else math.inf
+            log(f"iteration {done}/{max_iter} ({100 * done / max_iter:.1f}%), loss {sum(recent) / len(recent):.4f}"
+                f", lr {rate:g}, {speed:.2f} it/s, ETA {format_duration(eta)}")
+    final_iter = solver.iter
+    if test_interval and final_iter % test_interval == 0 and not any(
+            row["iteration"] == final_iter and not math.isnan(row["detection_eval"]) for row in rows):
+        run_tests(final_iter)
+    if last_snapshot != final_iter:
+        store.save(solver, rows)
+    with atomic_path(settings.weights_out) as tmp:
+        solver.net.save(str(tmp))
+    write_log_csv(rows, settings.log_csv_out)
+    log(f"wrote {settings.weights_out} (iteration {final_iter}) and {settings.log_csv_out}")
+    return {
+        "start_iteration": start_iter,
+        "final_iteration": final_iter,
+        "resumed_from": resumed_from,
+        "snapshot_folder": str(store.folder),
+        "seconds": time.monotonic() - started,
+        "columns": list(LOG_COLUMNS),
+    }

@@ -1,0 +1,196 @@
+"""Deploy export: BatchNorm/Scale folded into convolutions gives the same outputs on real images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from tests.tiny_ssd import make_tiny_world
+
+caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
+from caffe.proto import caffe_pb2  # noqa: E402
+
+from ssdlite_coco.deploy_export import (  # noqa: E402
+    check_folding,
+    export_deploy,
+    fold_batchnorm,
+)
+from ssdlite_coco.detections import transform_settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world_and_weights(tmp_path_factory, coco_mini_dir):
+    """Deploy weights with BatchNorm statistics and Scale values far from the identity, as after training."""
+    folder = tmp_path_factory.mktemp("tiny")
+    world = make_tiny_world(folder, coco_mini_dir)
+    net = caffe.Net(str(world.deploy_net), caffe.TEST)
+    rng = np.random.default_rng(5)
+    for name, blobs in net.params.items():
+        layer_type = net.layers[list(net._layer_names).index(name)].type
+        if layer_type == "BatchNorm":
+            channels = blobs[0].data.size
+            blobs[0].data[...] = rng.normal(0, 0.5, channels) * 3.0  # mean, stored times the factor
+            blobs[1].data[...] = rng.uniform(0.2, 2.0, channels) * 3.0  # variance, times the factor
+            blobs[2].data[...] = 3.0
+        elif layer_type == "Scale":
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
+            blobs[1].data[...] = rng.normal(0, 0.2, blobs[1].data.shape)
+        else:
+            for blob in blobs:
+                blob.data[...] = rng.normal(0, 0.15, blob.data.shape)
+    weights = folder / "deploy_weights.caffemodel"
+    net.save(str(weights))
+    return world, weights
+
+
+def test_folded_and_unfolded_nets_give_the_same_detections_on_real_images(world_and_weights, tmp_path):
+    world, weights = world_and_weights
+    folded = export_deploy(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
+    assert [layer.convolution for layer in folded] == ["conv1", "conv2", "conv3", "conv4"]
+    transform = transform_settings(world.test_net)
+    check = check_folding(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel",
+                          world.test_images[:6], transform["mean"], transform["scale"])
+    assert check["max_abs_difference"] < 1e-4, check
+    assert set(check["per_blob"]) >= {"mbox_loc", "mbox_conf_flatten", "detection_out"}
+    assert check["detections"] > 0  # the comparison covers real detections
+    assert check["layers_after"] == check["layers_before"] - 8
+    net = caffe_pb2.NetParameter()
+    text_format.Parse((tmp_path / "folded.prototxt").read_text(), net)
+    assert not [layer for layer in net.layer if layer.type in ("BatchNorm", "Scale")]
+    conv1 = next(layer for layer in net.layer if layer.name == "conv1")
+    assert conv1.convolution_param.bias_term and list(conv1.top) == ["conv1"]
+
+
+def test_folding_changes_the_outputs_when_a_statistic_is_dropped(world_and_weights, tmp_path):
+    """The check can fail: folding without the BatchNorm mean shifts the outputs far beyond 1e-4."""
+    world, weights = world_and_weights
+    export_deploy(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
+    broken = caffe.Net(str(tmp_path / "folded.prototxt"), caffe.TEST, weights=str(tmp_path / "folded.caffemodel"))
+    broken.params["conv1"][1].data[...] += 0.5
+    broken.save(str(tmp_path / "broken.caffemodel"))
+    transform = transform_settings(world.test_net)
+    check = check_folding(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "broken.caffemodel",
+                          world.test_images[:2], transform["mean"], transform["scale"])
+    assert check["max_abs_difference"] > 1e-2
+
+
+def test_a_batchnorm_whose_input_is_also_used_elsewhere_is_not_folded():
+    net = caffe_pb2.NetParameter()
+    text_format.Parse("""
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+        layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+                convolution_param { num_output: 2 kernel_size: 1 } }
+        layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "bn" }
+        layer { name: "sum" type: "Eltwise" bottom: "bn" bottom: "conv" top: "sum" }
+    """, net)
+    params = {"conv": [np.ones((2, 3, 1, 1), np.float32), np.zeros(2, np.float32)],
+              "bn": [np.zeros(2, np.float32), np.ones(2, np.float32), np.ones(1, np.float32)]}
+    folded_net, folded_params, folded = fold_batchnorm(net, params)
+    assert folded == [] and [layer.type for layer in folded_net.layer] == ["Input", "Convolution", "BatchNorm",
+                                                                           "Eltwise"]
+    assert set(folded_params) == {"conv", "bn"}
+
+
+def test_fold_arithmetic_matches_batchnorm_and_scale():
+    net = caffe_pb2.NetParameter()
+    text_format.Parse("""
+        layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+                convolution_param { num_output: 2 kernel_size: 1 bias_term: false } }
+        layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" batch_norm_param { eps: 0.001 } }
+        layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
+    """, net)
+    weight = np.array([[[[2.0]]], [[[3.0]]]], np.float32)
+    params = {"conv": [weight],
+              "bn": [np.array([2.0, 4.0], np.float32), np.array([8.0, 2.0], np.float32), np.array([2.0], np.float32)],
+              "scale": [np.array([1.5, 0.5], np.float32), np.array([0.1, -0.2], np.float32)]}
+    _, folded_params, folded = fold_batchnorm(net, params)
+    assert len(folded) == 1
+    new_weight, new_bias = folded_params["conv"]
+    mean, var = np.array([1.0, 2.0]), np.array([4.0, 1.0])
+    a = np.array([1.5, 0.5]) / np.sqrt(var + 0.001)
+    np.testing.assert_allclose(new_weight.reshape(-1), weight.reshape(-1) * a, rtol=1e-6)
+    np.testing.assert_allclose(new_bias, -mean * a + np.array([0.1, -0.2]), rtol=1e-6)
+
+
+def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tmp_path):
+    world, weights = world_and_weights
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in world.test_images:
+        (images / path.name).symlink_to(path)
+    out = tmp_path / "deploy"
+    result = subprocess.run([
+        sys.executable, str(REPO / "scripts" / "export_deploy.py"), "--deploy-net", str(world.deploy_net),
+        "--weights", str(weights), "--test-net", str(world.test_net), "--instances", str(world.test_instances),
+        "--images", str(images), "--check-images", "4", "--out-prototxt", str(out / "deploy.prototxt"),
+        "--out-weights", str(out / "deploy.caffemodel"), "--check-json", str(out / "fold_check.json"),
+    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = json.loads((out / "fold_check.json").read_text())
+    assert check["max_abs_difference"] < 1e-4 and len(check["images"]) == 4
+    assert "folded 4 Convolution+BatchNorm(+Scale) chains" in result.stdout
+    net = caffe.Net(str(out / "deploy.prototxt"), caffe.TEST, weights=str(out / "deploy.caffemodel"))
+    assert "conv1/bn" not in net.params
+
+
+def test_export_of_weights_for_another_net_fails_in_one_line(world_and_weights, tmp_path):
+    world, _ = world_and_weights
+    from tests.tiny_ssd import deploy_net_text
+
+    other = tmp_path / "other.prototxt"
+    other.write_text(deploy_net_text(num_classes=7))
+    caffe.Net(str(other), caffe.TEST).save(str(tmp_path / "other.caffemodel"))
+    result = subprocess.run([
+        sys.executable, str(REPO / "scripts" / "export_deploy.py"), "--deploy-net", str(world.deploy_net),
+        "--weights", str(tmp_path / "other.caffemodel"), "--test-net", str(world.test_net),
+        "--instances", str(world.test_instances), "--images", str(tmp_path),
+        "--out-prototxt", str(tmp_path / "d.prototxt"), "--out-weights", str(tmp_path / "d.caffemodel"),
+        "--check-json", str(tmp_path / "c.json"),
+    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "shape mismatch" in result.stderr
+    assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "c.json").exists()
+
+
+def test_the_generated_mobilenetv2_ssdlite_deploy_net_folds_to_the_same_outputs(world_and_weights, tmp_path):
+    """The real architecture: 76 chains (with depthwise convolutions) folded, outputs compared on real images."""
+    world, _ = world_and_weights
+    model = tmp_path / "model"
+    result = subprocess.run([
+        sys.executable, str(REPO / "scripts" / "make_model.py"), "--model-config", '{"augmentation": false}',
+        "--labelmap", str(world.labelmap), "--name-size", str(world.test_name_size),
+        "--test-instances", str(world.test_instances), "--out-train", str(model / "train.prototxt"),
+        "--out-test", str(model / "test.prototxt"), "--out-deploy", str(model / "deploy.prototxt"),
+        "--out-solver", str(model / "solver.prototxt"), "--config-out", str(model / "config.json"), "--no-check",
+    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    net = caffe.Net(str(model / "deploy.prototxt"), caffe.TEST)  # fillers' weights (msra, xavier)
+    rng = np.random.default_rng(11)
+    for name, blobs in net.params.items():
+        if len(blobs) == 3 and blobs[2].data.size == 1:  # BatchNorm: plausible statistics of a trained net
+            channels = blobs[0].data.size
+            blobs[0].data[...] = rng.normal(0, 0.3, channels)
+            blobs[1].data[...] = rng.uniform(0.3, 3.0, channels)
+            blobs[2].data[...] = 1.0
+        elif name.endswith(("/scale", "_scale")) or "scale" in name.lower():
+            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
+            if len(blobs) > 1:
+                blobs[1].data[...] = rng.normal(0, 0.1, blobs[1].data.shape)
+    weights = tmp_path / "mobilenetv2_ssdlite.caffemodel"
+    net.save(str(weights))
+    folded = export_deploy(model / "deploy.prototxt", weights, tmp_path / "folded.prototxt",
+                           tmp_path / "folded.caffemodel")
+    assert len(folded) >= 70
+    transform = transform_settings(model / "test.prototxt")
+    check = check_folding(model / "deploy.prototxt", weights, tmp_path / "folded.prototxt",
+                          tmp_path / "folded.caffemodel", world.test_images[:2], transform["mean"], transform["scale"])
+    assert check["max_abs_difference"] < 1e-4, check["per_blob"]
+    assert check["layers_after"] < check["layers_before"] - 140

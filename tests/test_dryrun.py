@@ -1,0 +1,42 @@
+"""`snakemake -n --configfile <file>` plans the whole chain with no data, results or Caffe build present.
+
+Each run happens in a fresh copy of the workflow (no results/, resources/ or logs/), so nothing
+that a dry-run needs may come from an earlier run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.workflow_run import copy_workflow, output_tail, planned_rules, run_snakemake
+
+# Config files that must plan with no data present, and the rules each plan must contain.
+# config/coco.yaml is the full COCO configuration (skipped until it exists).
+DRY_RUNS = {
+    "config/config.yaml": ["caffe_build"],
+    "config/coco.yaml": ["caffe_build"],
+}
+
+
+@pytest.mark.parametrize("configfile", sorted(DRY_RUNS))
+def test_dry_run_plans_the_chain_without_data(repo_root, tmp_path, configfile):
+    if not (repo_root / configfile).exists():
+        pytest.skip(f"{configfile} does not exist yet")
+    workdir = copy_workflow(repo_root, tmp_path / "workflow")
+    result = run_snakemake(workdir, ["-n", "--cores", "1", "--configfile", configfile])
+    assert result.returncode == 0, f"snakemake -n --configfile {configfile}:\n{output_tail(result)}"
+    plan = planned_rules(result.stdout)
+    missing = [rule for rule in DRY_RUNS[configfile] if rule not in plan]
+    assert not missing, f"{configfile}: the plan lacks {missing}; it has {plan}"
+    assert not (workdir / "results").exists() and not (workdir / "resources").exists()
+
+
+def test_misspelled_config_key_stops_the_run_with_one_line(repo_root, tmp_path):
+    workdir = copy_workflow(repo_root, tmp_path / "workflow")
+    (workdir / "typo.yaml").write_text("resorces:\n  default:\n    mem_mb: 1000\n")
+    result = run_snakemake(workdir, ["-n", "--cores", "1", "--configfile", "typo.yaml"])
+    assert result.returncode != 0
+    expected = "error: config key 'resorces' is not known (in section 'root'); did you mean 'resources'?"
+    lines = (result.stdout + result.stderr).splitlines()
+    assert expected in lines, f"no one-line error naming the key:\n{output_tail(result)}"
+    assert not any(line.lstrip().startswith("File ") for line in lines), "a traceback was printed"

@@ -1,0 +1,77 @@
+"""Report figures: loss curve, mAP table and detections drawn on real test images."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssdlite_coco.coco_eval import score_detections, write_metrics
+from ssdlite_coco.report import ReportError, detection_grid, metrics_html, plot_loss
+from ssdlite_coco.train_log import write_log_csv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def inputs(tmp_path, coco_mini_dir):
+    rows = [{"iteration": i, "loss": 10 * 0.98**i, "learning_rate": 0.01 if i < 50 else 0.001,
+             "detection_eval": np.nan} for i in range(100)]
+    rows += [{"iteration": i, "loss": np.nan, "learning_rate": np.nan, "detection_eval": i / 1000} for i in (50, 100)]
+    write_log_csv(rows, tmp_path / "train_log.csv")
+    instances = coco_mini_dir / "annotations" / "instances_mini.json"
+    gt = json.loads(instances.read_text())
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.8}
+                  for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    (tmp_path / "detections.json").write_text(json.dumps(detections))
+    metrics = score_detections(instances, detections)
+    metrics["detection_eval"] = 0.125
+    write_metrics(metrics, tmp_path / "metrics.json")
+    return tmp_path, instances, coco_mini_dir / "images"
+
+
+def test_figures_are_drawn(inputs):
+    folder, instances, images = inputs
+    plot_loss(folder / "train_log.csv", folder / "loss.png")
+    metrics_html(folder / "metrics.json", folder / "metrics.html")
+    detection_grid(folder / "detections.json", instances, images, folder / "detections.jpg", num_images=6)
+    with Image.open(folder / "loss.png") as loss:
+        assert loss.format == "PNG" and loss.width > 400
+    detection_grid(folder / "detections.json", instances, images, folder / "none.jpg", num_images=6,
+                   score_threshold=0.9)  # every detection scores 0.8: nothing drawn
+
+    def red_pixels(path):
+        with Image.open(path) as grid:
+            assert grid.format == "JPEG" and grid.width > 600
+            pixels = np.asarray(grid.convert("RGB")).reshape(-1, 3).astype(int)
+        return int(((pixels[:, 0] > 180) & (pixels[:, 1] < 80) & (pixels[:, 2] < 80)).sum())
+
+    assert red_pixels(folder / "detections.jpg") > 3 * red_pixels(folder / "none.jpg") + 100
+    page = (folder / "metrics.html").read_text()
+    assert "<table>" in page and "person" in page and "0.125" in page and "AP50" in page
+
+
+def test_plot_report_script_and_a_missing_input(inputs, tmp_path):
+    folder, instances, images = inputs
+    command = [sys.executable, str(REPO / "scripts" / "plot_report.py"), "--train-log", str(folder / "train_log.csv"),
+               "--metrics", str(folder / "metrics.json"), "--detections", str(folder / "detections.json"),
+               "--instances", str(instances), "--images", str(images), "--loss-png", str(tmp_path / "out/loss.png"),
+               "--metrics-html", str(tmp_path / "out/metrics.html"),
+               "--detections-image", str(tmp_path / "out/detections.jpg")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["detections.jpg", "loss.png", "metrics.html"]
+    command[command.index("--metrics") + 1] = str(tmp_path / "missing.json")
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "missing.json" in result.stderr
+    with pytest.raises(ReportError, match="lists no images"):
+        empty = tmp_path / "empty.json"
+        empty.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+        detection_grid(folder / "detections.json", empty, images, tmp_path / "x.jpg")
