@@ -21,7 +21,13 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
 class NetWriter:
     """Writes layers into ``net``; every method returns the name of the blob it produced."""
 
-    def __init__(self, net: caffe_pb2.NetParameter, activation: str = "relu6", padding: str = "caffe"):
+    def __init__(
+        self,
+        net: caffe_pb2.NetParameter,
+        activation: str = "relu6",
+        padding: str = "caffe",
+        bn_moving_average_fraction: float = 0.999,
+    ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
         if padding not in PADDINGS:
@@ -29,6 +35,7 @@ class NetWriter:
         self.net = net
         self.activation_type = ACTIVATIONS[activation]
         self.padding = padding
+        self.bn_moving_average_fraction = bn_moving_average_fraction
         self.sizes: dict[str, int] = {}
         self.unused_tops: list[str] = []
 
@@ -100,6 +107,8 @@ class NetWriter:
         """BatchNorm (running statistics, never learned) + Scale (learned gamma and beta), in place."""
         bn = self.layer(f"{name}/bn", "BatchNorm", [blob], [blob])
         bn.batch_norm_param.eps = 0.001
+        if self.bn_moving_average_fraction != 0.999:  # Caffe's default, left implicit
+            bn.batch_norm_param.moving_average_fraction = self.bn_moving_average_fraction
         for _ in range(3):
             self.add_param(bn, 0.0, 0.0)
         scale = self.layer(f"{name}/scale", "Scale", [blob], [blob])

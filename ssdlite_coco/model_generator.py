@@ -56,6 +56,7 @@ class ModelOptions:
     width: float = 1.0
     activation: str = "relu6"  # relu6 | relu
     backbone_bn: str = "explicit"  # explicit: BatchNorm + Scale (trainable); folded: convolution bias only
+    bn_moving_average_fraction: float = 0.999  # decay of BatchNorm's running statistics per iteration
     padding: str = "caffe"  # caffe: symmetric; tf: TensorFlow "SAME" on stride-2 layers (pad + slice)
     conf_loss: str = "logistic"  # logistic (sigmoid scores) | softmax
     augmentation: bool = True  # SSD photometric distortion, expansion, batch sampling, mirror
@@ -98,6 +99,10 @@ class ModelOptions:
                 f"conf_loss must be one of {list(CONF_LOSS_TYPES)}, got {self.conf_loss!r}",
             ),
             (self.train_batch_size >= 1 and self.test_batch_size >= 1, "batch sizes must be at least 1"),
+            (
+                0 < self.bn_moving_average_fraction < 1,
+                f"bn_moving_average_fraction must be in (0, 1), got {self.bn_moving_average_fraction}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -238,7 +243,12 @@ def build_net_with_maps(options: ModelOptions, role: str) -> tuple[caffe_pb2.Net
     if role not in ROLES:
         raise ModelError(f"net role must be one of {list(ROLES)}, got {role!r}")
     net = caffe_pb2.NetParameter(name=NET_NAME)
-    writer = NetWriter(net, activation=options.activation, padding=options.padding)
+    writer = NetWriter(
+        net,
+        activation=options.activation,
+        padding=options.padding,
+        bn_moving_average_fraction=options.bn_moving_average_fraction,
+    )
     if role == "deploy":
         _input_layer(writer, options)
     else:

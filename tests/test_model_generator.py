@@ -387,3 +387,14 @@ def test_make_model_script_refuses_too_few_classes(tmp_path, model_data):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: model.num_classes is 4")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_bn_moving_average_fraction_reaches_every_batchnorm():
+    net = build_net(ModelOptions(num_classes=4, bn_moving_average_fraction=0.99), "train")
+    batch_norms = [layer for layer in net.layer if layer.type == "BatchNorm"]
+    assert batch_norms and all(layer.batch_norm_param.moving_average_fraction == pytest.approx(0.99)
+                               for layer in batch_norms)
+    default = build_net(ModelOptions(num_classes=4), "train")
+    assert not any(layer.batch_norm_param.HasField("moving_average_fraction") for layer in default.layer)
+    with pytest.raises(ModelError, match="bn_moving_average_fraction must be in"):
+        ModelOptions(num_classes=4, bn_moving_average_fraction=1.0)

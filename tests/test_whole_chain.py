@@ -1,0 +1,105 @@
+"""The whole DAG end to end: the demo (with an expected-metric guard) and real COCO images (coco-mini)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.workflow_run import copy_workflow, output_tail, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+# Like detectron2's EXPECTED_RESULTS: what `make demo` reaches on 2 CPU cores, and how far below a
+# run may fall before the guard calls it a regression (the demo is deterministic up to thread timing).
+EXPECTED_DEMO_AP50 = 0.72  # measured 2026-11-26: COCO AP50 0.725, AP 0.405, detection_eval 0.714
+EXPECTED_DEMO_TOLERANCE = 0.15
+CHANCE_AP50 = 0.05
+
+FINAL_OUTPUTS = [
+    "results/data/trainval/instances.json",
+    "results/data/test/instances.json",
+    "results/labelmap/labelmap.prototxt",
+    "results/labelmap/trainval_name_size.txt",
+    "results/labelmap/test_name_size.txt",
+    "results/lmdb/trainval_lmdb/data.mdb",
+    "results/lmdb/test_lmdb/data.mdb",
+    "results/lmdb/trainval_check/stats.csv",
+    "results/lmdb/test_check/samples.png",
+    "results/model/train.prototxt",
+    "results/model/test.prototxt",
+    "results/model/deploy.prototxt",
+    "results/model/solver.prototxt",
+    "results/model/model_config.json",
+    "results/train/final.caffemodel",
+    "results/train/train_log.csv",
+    "results/evaluate/metrics.json",
+    "results/evaluate/metrics.csv",
+    "results/evaluate/per_class_ap.csv",
+    "results/evaluate/detections.json",
+    "results/deploy/deploy.prototxt",
+    "results/deploy/deploy.caffemodel",
+    "results/deploy/fold_check.json",
+    "results/report/loss.png",
+    "results/report/metrics.html",
+    "results/report/detections.jpg",
+]
+
+
+def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
+    missing = [path for path in FINAL_OUTPUTS if not (workdir / path).is_file() or not (workdir / path).stat().st_size]
+    assert not missing, f"missing or empty outputs: {missing}"
+    log = pd.read_csv(workdir / "results/train/train_log.csv")
+    assert log["iteration"].max() == max_iter
+    assert log["loss"].notna().all() and (log["loss"] >= 0).all()
+    metrics = json.loads((workdir / "results/evaluate/metrics.json").read_text())
+    assert set(metrics["stats"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"}
+    test_images = json.loads((workdir / "results/data/test/instances.json").read_text())["images"]
+    assert metrics["num_images"] == len(test_images)
+    detections = json.loads((workdir / "results/evaluate/detections.json").read_text())
+    image_ids = {image["id"] for image in test_images}
+    categories = {c["id"] for c in json.loads((workdir / "results/data/test/instances.json").read_text())["categories"]}
+    assert all(d["image_id"] in image_ids and d["category_id"] in categories for d in detections)
+    fold = json.loads((workdir / "results/deploy/fold_check.json").read_text())
+    assert fold["max_abs_difference"] < 1e-4, fold
+    with (workdir / "results/evaluate/metrics.csv").open() as handle:
+        assert dict(csv.reader(handle))["coco/AP50"]
+    return metrics
+
+
+def test_demo_reaches_its_expected_map(demo_run):
+    metrics = check_outputs_are_well_formed(demo_run, max_iter=yaml.safe_load(
+        (demo_run / "config/config.yaml").read_text())["solver"]["max_iter"])
+    ap50 = metrics["stats"]["AP50"]
+    assert ap50 > CHANCE_AP50
+    assert ap50 >= EXPECTED_DEMO_AP50 - EXPECTED_DEMO_TOLERANCE, (
+        f"demo COCO AP50 {ap50:.3f} fell below the expected {EXPECTED_DEMO_AP50} - {EXPECTED_DEMO_TOLERANCE}"
+    )
+
+
+def test_whole_chain_on_real_coco_images(repo_root, coco_mini_dir, tmp_path):
+    """coco-mini as both splits: a grayscale image, crowd boxes, images without objects, 75 categories."""
+    workdir = copy_workflow(repo_root, tmp_path / "workflow")
+    split = {
+        "instances": str(coco_mini_dir / "annotations/instances_mini.json"),
+        "images": str(coco_mini_dir / "images"),
+    }
+    config = {
+        "dataset": {"source": "local", "local": {"trainval": split, "test": split}},
+        "model": {"width": 0.35, "train_batch_size": 4, "test_batch_size": 8},
+        "solver": {"max_iter": 6, "steps": [4, 5], "snapshot": 3, "test_interval": 3, "display": 1},
+        "evaluate": {"report_images": 4},
+    }
+    (workdir / "coco_mini.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, ["--cores", "2", "--configfile", "coco_mini.yaml"], timeout=1800)
+    assert result.returncode == 0, output_tail(result)
+    check_outputs_are_well_formed(workdir, max_iter=6)
+    labelmap = (workdir / "results/labelmap/labelmap.prototxt").read_text()
+    assert labelmap.count("item {") == 81
+    summary = dict(csv.reader((workdir / "results/lmdb/test_check/summary.csv").open()))
+    assert summary["records"] == "128" and summary["grayscale_images"] == "1"
+    assert summary["images_without_boxes"] == "2" and int(summary["difficult_boxes"]) == 10
