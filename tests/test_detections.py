@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import caffe_logs_env
 from tests.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
@@ -110,7 +111,7 @@ def test_detection_eval_equals_the_one_caffe_train_prints(trained, tmp_path):
     solver.write_text(solver_text(world.train_net, world.test_net, tmp_path / "snap", max_iter=0, test_iter=3,
                                   test_interval=1).replace("display: 10", "display: 0"))
     run = subprocess.run(["caffe", "train", f"--solver={solver}", f"--weights={weights}"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                         capture_output=True, text=True, cwd=tmp_path, env=caffe_logs_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     caffe_values = [row["detection_eval"] for row in parse_caffe_log(run.stderr)
                     if not np.isnan(row["detection_eval"])]

@@ -41,7 +41,7 @@ def test_nothing_to_do_after_a_full_run(finished_run):
 
 
 def test_forcerun_build_lmdb_until_build_lmdb_plans_only_the_lmdbs(finished_run):
-    assert _plan(finished_run, "--forcerun", "build_lmdb", "--until", "build_lmdb", FINAL) == {"build_lmdb": 2}
+    assert _plan(finished_run, "--forcerun", "build_lmdb", "--until", "build_lmdb") == {"build_lmdb": 2}
 
 
 def test_forcerun_build_lmdb_alone_also_redoes_everything_after_it(finished_run):
@@ -70,7 +70,7 @@ def test_new_evaluation_setting_reruns_only_evaluate(finished_run):
 def test_rebuilding_only_the_lmdbs_keeps_the_weights(finished_run):
     weights_before = (finished_run / WEIGHTS).stat().st_mtime_ns
     lmdbs_before = [(finished_run / lmdb / "data.mdb").stat().st_mtime_ns for lmdb in LMDBS]
-    args = ["--forcerun", "build_lmdb", "--until", "build_lmdb", FINAL]
+    args = ["--forcerun", "build_lmdb", "--until", "build_lmdb"]
     result = run_snakemake(finished_run, ["--cores", "2", *args], timeout=1800)
     assert result.returncode == 0, output_tail(result)
     lmdbs_after = [(finished_run / lmdb / "data.mdb").stat().st_mtime_ns for lmdb in LMDBS]

@@ -18,14 +18,21 @@ from tests.workflow_run import copy_workflow, output_tail, run_snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-# What the SLURM run builds. Until the demo chain is complete this is the Caffe build (a cache hit
-# when Caffe is built); switch it to the demo's final outputs then.
-TARGETS = ["resources/caffe/manifest.json"]
+# The SLURM run is the whole demo DAG (rule all), shrunk to a few images and iterations.
+TARGETS = ["results/evaluate/metrics.json", "results/deploy/deploy.caffemodel", "results/report/loss.png"]
+SMALL_DEMO = {
+    "dataset": {"demo": {"trainval_images": 32, "test_images": 8}},
+    "solver": {"max_iter": 6, "steps": [4, 5], "snapshot": 3, "test_interval": 3},
+    "evaluate": {"report_images": 4},
+}
 
 # Resources the test config asks for, per rule, and that each rule's SLURM job must then have.
 # Small enough for a 2-core CI machine; the GPU is the cluster's fake one.
 RULE_RESOURCES = {
-    "caffe_build": {"mem_mb": 1500, "runtime": 30, "cpus_per_task": 1, "gpus": 1},
+    "caffe_build": {"mem_mb": 1500, "runtime": 30, "cpus_per_task": 1, "gpus": 0},
+    "build_lmdb": {"mem_mb": 1200, "runtime": 25, "cpus_per_task": 1, "gpus": 0},
+    "train": {"mem_mb": 1500, "runtime": 30, "cpus_per_task": 2, "gpus": 1},
+    "evaluate": {"mem_mb": 1400, "runtime": 20, "cpus_per_task": 1, "gpus": 1},
 }
 DEFAULT_RESOURCES = {"mem_mb": 1000, "runtime": 20, "cpus_per_task": 1, "gpus": 0}
 
@@ -62,7 +69,7 @@ def _minutes(limit: str) -> int:
 
 def test_workflow_runs_through_the_slurm_profile(slurm_cluster, repo_root, tmp_path):
     workdir = copy_workflow(repo_root, tmp_path / "workflow")
-    test_config = {"resources": {"default": DEFAULT_RESOURCES, "rules": RULE_RESOURCES}}
+    test_config = {**SMALL_DEMO, "resources": {"default": DEFAULT_RESOURCES, "rules": RULE_RESOURCES}}
     (workdir / "slurm-test.yaml").write_text(yaml.safe_dump(test_config))
 
     result = run_snakemake(

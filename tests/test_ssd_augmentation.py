@@ -10,19 +10,16 @@ from __future__ import annotations
 import colorsys
 import io
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")
+import lmdb
+import numpy as np
+import pytest
+from caffe.proto import caffe_pb2
+from google.protobuf import text_format
+from PIL import Image, ImageDraw
 
-import lmdb  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from caffe.proto import caffe_pb2  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-import caffe  # noqa: E402
+import caffe
 from ssdlite_coco.lmdb_writer import BuildOptions, build_lmdb
 from tests.lmdb_helpers import load_mini, make_split, write_labelmap
 

@@ -18,6 +18,7 @@ from ssdlite_coco.train_log import (
     read_log_csv,
     write_log_csv,
 )
+from tests.helpers import caffe_logs_env
 
 NAN = math.nan
 
@@ -82,7 +83,7 @@ def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_d
     solver = world.solver
     solver.write_text(solver.read_text().replace("display: 10", "display: 1"))
     run = subprocess.run(["caffe", "train", f"--solver={solver}"], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=300)
+                         env=caffe_logs_env(), timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     (tmp_path / "train.log").write_text(run.stderr)
     count = caffe_log_to_csv(tmp_path / "train.log", tmp_path / "train_log.csv")
