@@ -136,62 +136,35 @@ class _ReadResult:
     bad: BadRecord | None
 
 
+def _failed(record: ImageRecord, kind: str, message: str) -> _ReadResult:
+    return _ReadResult(record, None, "", False, BadRecord(record.image_id, kind, message))
+
+
 def _read_record(record: ImageRecord, images_dir: Path, source: str) -> _ReadResult:
     path = images_dir / record.file_name
     where = f"image id {record.image_id} in {source}"
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return _ReadResult(
+        return _failed(
             record,
-            None,
-            "",
-            False,
-            BadRecord(
-                record.image_id,
-                "missing_image",
-                f"{path}: image file of {where} is missing; restore the file or "
-                "remove the image from the annotation file",
-            ),
+            "missing_image",
+            f"{path}: image file of {where} is missing; restore the file or remove the image from the annotation file",
         )
     except OSError as error:
-        return _ReadResult(
-            record,
-            None,
-            "",
-            False,
-            BadRecord(
-                record.image_id,
-                "unreadable_image",
-                f"{path}: cannot read the image file of {where} ({error})",
-            ),
-        )
+        return _failed(record, "unreadable_image", f"{path}: cannot read the image file of {where} ({error})")
     try:
         prepared = prepare_image_bytes(data)
     except ImageDataError as error:
-        return _ReadResult(
-            record,
-            None,
-            "",
-            False,
-            BadRecord(
-                record.image_id,
-                "corrupt_image",
-                f"{path}: {error} ({where}); replace the file (e.g. download it again)",
-            ),
+        return _failed(
+            record, "corrupt_image", f"{path}: {error} ({where}); replace the file (e.g. download it again)"
         )
     if (prepared.width, prepared.height) != (record.width, record.height):
-        return _ReadResult(
+        return _failed(
             record,
-            None,
-            "",
-            False,
-            BadRecord(
-                record.image_id,
-                "size_mismatch",
-                f"{path}: is {prepared.width}x{prepared.height} pixels but {where} "
-                f"says {record.width}x{record.height}; fix 'width'/'height' in the annotation file",
-            ),
+            "size_mismatch",
+            f"{path}: is {prepared.width}x{prepared.height} pixels but {where} "
+            f"says {record.width}x{record.height}; fix 'width'/'height' in the annotation file",
         )
     value = serialize_record(record, prepared.data)
     return _ReadResult(record, value, prepared.change, prepared.gray, None)
