@@ -219,6 +219,21 @@ def layer_types(prefix: Path) -> list[str]:
     return json.loads(out.stdout)
 
 
+def layer_types_record(prefix: Path, device: str) -> dict:
+    """The manifest's ``layer_types``; a CUDA build may be made on a machine that cannot load it.
+
+    A CPU build that does not import is an error. A CUDA build is built where nvcc is, which need not
+    have a GPU driver (libcuda): there the list is null and ``layer_types_unavailable`` says why.
+    """
+    try:
+        return {"layer_types": layer_types(prefix)}
+    except CaffeBuildError as error:
+        if device != "cuda":
+            raise
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown"
+        return {"layer_types": None, "layer_types_unavailable": f"pycaffe did not import here: {reason}"}
+
+
 def missing_debian_packages(packages_file: Path = DEBIAN_PACKAGES_FILE) -> list[str]:
     """Listed Debian packages that dpkg does not report as installed ([] where dpkg is absent)."""
     wanted = [line.strip() for line in packages_file.read_text().splitlines()
@@ -246,6 +261,10 @@ def plan_build(device: str = "cpu") -> BuildPlan:
     patches = patch_files()
     flags = cmake_flags(device)
     toolchain = toolchain_fingerprint()
+    if device == "cuda":  # the CUDA compiler's release (its last version line) changes the binaries too
+        version = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, check=False).stdout \
+            if shutil.which("nvcc") else ""
+        toolchain["nvcc"] = version.strip().splitlines()[-1] if version.strip() else "missing"
     key = build_key(pin, patches, flags, toolchain)
     return BuildPlan(pin, patches, flags, toolchain, key, cache_root() / f"{device}-{key}")
 
@@ -289,7 +308,7 @@ def ensure_caffe(device: str = "cpu", jobs: int | None = None, log=None) -> Path
                 "toolchain": plan.toolchain,
                 "key": plan.key,
                 "build_seconds": round(time.monotonic() - started, 1),
-                "layer_types": layer_types(staging),
+                **layer_types_record(staging, device),
             }
             shutil.copy(work / "build.log", staging / "build.log")
             (staging / "manifest.json").write_text(json.dumps(record, indent=2) + "\n")

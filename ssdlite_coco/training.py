@@ -58,6 +58,28 @@ def caffe_build_device() -> str | None:
     return json.loads(manifest.read_text()).get("device")
 
 
+def cuda_device_count() -> tuple[int, str]:
+    """How many GPUs the CUDA driver (libcuda) reports, and why none where that is 0.
+
+    Asked before Caffe touches the GPU: a CUDA Caffe on a machine without a GPU or driver would
+    otherwise stop the process with a glog fatal error instead of a Python exception.
+    """
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "the NVIDIA driver library libcuda.so.1 is not installed on this machine"
+    status = driver.cuInit(0)
+    if status != 0:
+        return 0, f"the NVIDIA driver found no usable GPU (cuInit returned error {status})"
+    count = ctypes.c_int(0)
+    status = driver.cuDeviceGetCount(ctypes.byref(count))
+    if status != 0 or count.value == 0:
+        return 0, "the NVIDIA driver reports no GPU"
+    return count.value, ""
+
+
 def select_device(device: str, gpu_id: int = 0) -> None:
     """Put Caffe in CPU or GPU mode; GPU mode on a CPU-only build fails with one clear line."""
     import caffe
@@ -71,6 +93,11 @@ def select_device(device: str, gpu_id: int = 0) -> None:
                 f"train.device is cuda but the Caffe in use ({caffe_prefix()}) is a {built or 'unknown'} build; "
                 "set caffe.device: cuda in the config (and SSDLITE_CAFFE_DEVICE=cuda for scripts/with-caffe) "
                 "to build Caffe with CUDA, or set train.device: cpu")
+        count, why = cuda_device_count()
+        if gpu_id >= count:
+            raise TrainingError(
+                f"train.device is cuda but {why or f'there is no GPU {gpu_id} (this machine has {count})'}; "
+                "run on a machine with an NVIDIA GPU and driver, or set train.device: cpu")
         caffe.set_mode_gpu()
         caffe.set_device(gpu_id)
     else:
