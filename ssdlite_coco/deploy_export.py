@@ -163,6 +163,9 @@ def export_deploy(deploy_prototxt: str | os.PathLike, weights: str | os.PathLike
     return folded
 
 
+HEAD_BLOBS = ("mbox_loc", "mbox_conf_flatten", "mbox_priorbox")
+
+
 def compare_nets(reference, folded, inputs: list[np.ndarray]) -> dict[str, Any]:
     """Largest difference of every output blob (and the SSD head blobs) over ``inputs``.
 
@@ -172,7 +175,7 @@ def compare_nets(reference, folded, inputs: list[np.ndarray]) -> dict[str, Any]:
     terms while a folding error shows as a difference of the order of the values themselves.
     """
     input_name = reference.inputs[0]
-    names = [name for name in ("mbox_loc", "mbox_conf_flatten", "mbox_priorbox") if name in folded.blobs]
+    names = [name for name in HEAD_BLOBS if name in folded.blobs]
     names += [name for name in folded.outputs if name not in names]
     worst: dict[str, float] = {name: 0.0 for name in names}
     scale: dict[str, float] = {name: 1.0 for name in names}
@@ -190,8 +193,13 @@ def compare_nets(reference, folded, inputs: list[np.ndarray]) -> dict[str, Any]:
         if "detection_out" in folded.blobs:
             detections += int((folded.blobs["detection_out"].data.reshape(-1, 7)[:, 0] >= 0).sum())
     relative = {name: worst[name] / scale[name] for name in names}
-    return {"max_abs_difference": max(worst.values()) if worst else 0.0,
-            "max_relative_difference": max(relative.values()) if relative else 0.0,
+    # The verdict is on the continuous head outputs. DetectionOutput's NMS and top-k are discontinuous:
+    # where class scores nearly tie (a net early in training), a 1e-6 change of a score reorders the kept
+    # boxes, so its difference is reported in per_blob but does not decide.
+    judged = [name for name in names if name in HEAD_BLOBS] or names
+    return {"max_abs_difference": max((worst[name] for name in judged), default=0.0),
+            "max_relative_difference": max((relative[name] for name in judged), default=0.0),
+            "judged_blobs": judged,
             "per_blob": worst, "per_blob_relative": relative, "images": len(inputs), "detections": detections}
 
 

@@ -66,7 +66,7 @@ def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
     categories = {c["id"] for c in json.loads((workdir / "results/data/test/instances.json").read_text())["categories"]}
     assert all(d["image_id"] in image_ids and d["category_id"] in categories for d in detections)
     fold = json.loads((workdir / "results/deploy/fold_check.json").read_text())
-    assert fold["max_abs_difference"] < 1e-4, fold
+    assert fold["max_relative_difference"] < fold["tolerance"], fold
     with (workdir / "results/evaluate/metrics.csv").open() as handle:
         assert dict(csv.reader(handle))["coco/AP50"]
     return metrics
@@ -75,6 +75,8 @@ def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
 def test_demo_reaches_its_expected_map(demo_run):
     metrics = check_outputs_are_well_formed(demo_run, max_iter=yaml.safe_load(
         (demo_run / "config/config.yaml").read_text())["solver"]["max_iter"])
+    fold = json.loads((demo_run / "results/deploy/fold_check.json").read_text())
+    assert fold["max_abs_difference"] < 1e-4, fold  # trained: folding changes the head outputs by < 1e-4
     ap50 = metrics["stats"]["AP50"]
     assert ap50 > CHANCE_AP50
     assert ap50 >= EXPECTED_DEMO_AP50 - EXPECTED_DEMO_TOLERANCE, (
