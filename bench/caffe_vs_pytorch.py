@@ -332,9 +332,7 @@ def torch_worker(net_dir: Path, threads: int, train_batch: int) -> None:
     with torch.no_grad():
         num_priors = model.eval()(single)[0].shape[1] // 4
     corners = torch.rand(num_priors, 2, generator=generator) * 0.8
-    priors = torch.cat(
-        [corners, corners + 0.05 + torch.rand(num_priors, 2, generator=generator) * 0.3], dim=1
-    )
+    priors = torch.cat([corners, corners + 0.05 + torch.rand(num_priors, 2, generator=generator) * 0.3], dim=1)
     for line in sys.stdin:
         command = line.split()
         if command[0] == "train":
@@ -410,9 +408,7 @@ def caffe_prefix_env(prefix: Path, threads: int, wait_policy: str | None) -> dic
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--caffe-prefix",
         type=Path,
@@ -475,9 +471,7 @@ def layer_tables(workers: list[Worker], rounds: int) -> dict[str, dict[str, dict
 
 def print_layer_tables(tables: dict[str, dict]) -> None:
     labels = list(tables)
-    kinds = sorted(
-        {k for t in tables.values() for k in t}, key=lambda k: -sum(tables[labels[0]].get(k, {}).values())
-    )
+    kinds = sorted({k for t in tables.values() for k in t}, key=lambda k: -sum(tables[labels[0]].get(k, {}).values()))
     header = f"{'layer type':34s}" + "".join(
         f"{label + ' fwd':>18s}{label + ' bwd':>18s}{'share':>7s}" for label in labels
     )
@@ -551,10 +545,7 @@ def main(args: argparse.Namespace) -> int:
         finally:
             for worker in workers:
                 worker.close()
-    print(
-        f"\n{'':10s}{'train step (batch ' + str(args.train_batch) + ')':>26s}{'img/s':>9s}"
-        f"{'forward (batch 1)':>20s}"
-    )
+    print(f"\n{'':10s}{'train step (batch ' + str(args.train_batch) + ')':>26s}{'img/s':>9s}{'forward (batch 1)':>20s}")
     for label in train:
         print(
             f"{label:10s}{train[label] * 1e3:24.0f}ms{args.train_batch / train[label]:9.2f}"

@@ -116,9 +116,7 @@ def synthetic_set(images: int, per_image: int, seed: int = 0) -> tuple[dict, lis
     detections = []
     for image_id in range(1, images + 1):
         width, height = int(rng.integers(320, 641)), int(rng.integers(240, 481))
-        gt["images"].append(
-            {"id": image_id, "width": width, "height": height, "file_name": f"{image_id:012d}.jpg"}
-        )
+        gt["images"].append({"id": image_id, "width": width, "height": height, "file_name": f"{image_id:012d}.jpg"})
         boxes = []
         for _ in range(int(rng.poisson(7))):
             w, h = rng.uniform(8, width / 2), rng.uniform(8, height / 2)
@@ -156,9 +154,7 @@ def synthetic_set(images: int, per_image: int, seed: int = 0) -> tuple[dict, lis
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--detections-per-image", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)

@@ -24,9 +24,7 @@ WORKFLOW_PARTS = ("Snakefile", "rules", "config", "scripts", "envs", "ssdlite_co
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configfile", default="config/coco.yaml", help="relative to the repository root")
     parser.add_argument("--repeats", type=int, default=3)
     return parser
@@ -34,10 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     if not (REPO_ROOT / args.configfile).is_file():
-        print(
-            f"skipped: {args.configfile} does not exist in {REPO_ROOT} "
-            "(no full COCO configuration to time yet)"
-        )
+        print(f"skipped: {args.configfile} does not exist in {REPO_ROOT} (no full COCO configuration to time yet)")
         return 0
     times = []
     with tempfile.TemporaryDirectory(prefix="ssdlite-dryrun-bench-") as tmp:
@@ -71,8 +66,7 @@ def main(args: argparse.Namespace) -> int:
                 return 1
             print(f"  dry run in {times[-1]:.2f} s", flush=True)
     print(
-        f"snakemake -n --configfile {args.configfile}: median {statistics.median(times):.2f} s "
-        f"over {args.repeats} runs"
+        f"snakemake -n --configfile {args.configfile}: median {statistics.median(times):.2f} s over {args.repeats} runs"
     )
     return 0
 

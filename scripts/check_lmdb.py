@@ -22,16 +22,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        summary = check_lmdb(
-            args.lmdb, args.report, args.instances, args.labelmap, args.out, readers=args.readers
-        )
+        summary = check_lmdb(args.lmdb, args.report, args.instances, args.labelmap, args.out, readers=args.readers)
     except (LmdbCheckError, LabelmapError, CocoFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(
-        f"ok: {args.lmdb}: {summary['records']} records and {summary['boxes']} boxes verified; "
-        f"stats in {args.out}"
-    )
+    print(f"ok: {args.lmdb}: {summary['records']} records and {summary['boxes']} boxes verified; stats in {args.out}")
     return 0
 
 

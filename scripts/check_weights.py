@@ -20,8 +20,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instances", required=True, type=Path)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--chance-ap50", type=float, default=0.01,
-                        help="COCO AP50 at or below which the weights count as untrained for this net")
+    parser.add_argument(
+        "--chance-ap50",
+        type=float,
+        default=0.01,
+        help="COCO AP50 at or below which the weights count as untrained for this net",
+    )
     parser.add_argument("--report-json", required=True, type=Path)
     parser.add_argument("--report-csv", required=True, type=Path)
     return parser
@@ -39,8 +43,16 @@ def main(args: argparse.Namespace) -> int:
     try:
         select_device(args.device)
         metrics, _, result = evaluate_test_split(
-            args.test_net, args.weights, args.lmdb, args.name_size, args.labelmap, args.instances,
-            max_batch=args.batch_size, strict=False, log=lambda message: print(message, flush=True))
+            args.test_net,
+            args.weights,
+            args.lmdb,
+            args.name_size,
+            args.labelmap,
+            args.instances,
+            max_batch=args.batch_size,
+            strict=False,
+            log=lambda message: print(message, flush=True),
+        )
         net_param = read_net(args.test_net)
     except (CocoEvalError, DetectionError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -48,8 +60,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"initial weights {args.weights} copied by layer name into {args.test_net}:")
     print(format_copy_table(result.copied))
     output = next(layer for layer in net_param.layer if layer.type == "DetectionOutput")
-    head = conf_head_statistics(net_param, result.params, result.copied,
-                                output.detection_output_param.num_classes)
+    head = conf_head_statistics(net_param, result.params, result.copied, output.detection_output_param.num_classes)
     above_chance = metrics["stats"]["AP50"] > args.chance_ap50
     looks_trained = head["heads_from_weights"] and above_chance
     report = {
@@ -60,13 +71,17 @@ def main(args: argparse.Namespace) -> int:
         "map_above_chance": above_chance,
         **head,
         "head_looks_trained": looks_trained,
-        "layers": {status: sum(row.status == status for row in result.copied)
-                   for status in ("copied", "shape mismatch", "not in weights", "not in net")},
+        "layers": {
+            status: sum(row.status == status for row in result.copied)
+            for status in ("copied", "shape mismatch", "not in weights", "not in net")
+        },
     }
     print(metrics["summary"], end="")
-    print(f"detection_eval {metrics['detection_eval']}; conf heads from the weights: {head['heads_from_weights']}; "
-          f"background bias margin {head['mean_background_bias_margin']} (trained-looking: "
-          f"{head['head_biases_trained']}); AP50 above chance ({args.chance_ap50}): {above_chance}")
+    print(
+        f"detection_eval {metrics['detection_eval']}; conf heads from the weights: {head['heads_from_weights']}; "
+        f"background bias margin {head['mean_background_bias_margin']} (trained-looking: "
+        f"{head['head_biases_trained']}); AP50 above chance ({args.chance_ap50}): {above_chance}"
+    )
     print(f"verdict: the detection head {'looks trained' if looks_trained else 'does NOT look trained'}")
     atomic_write_text(args.report_json, json.dumps(report, indent=2) + "\n")
     rows = [{"check": key, "value": value} for key, value in report.items() if not isinstance(value, (dict, list))]

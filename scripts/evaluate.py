@@ -36,8 +36,15 @@ def main(args: argparse.Namespace) -> int:
     try:
         select_device(args.device)
         metrics, detections, _ = evaluate_test_split(
-            args.test_net, args.weights, args.lmdb, args.name_size, args.labelmap, args.instances,
-            max_batch=args.batch_size, log=lambda message: print(message, flush=True))
+            args.test_net,
+            args.weights,
+            args.lmdb,
+            args.name_size,
+            args.labelmap,
+            args.instances,
+            max_batch=args.batch_size,
+            log=lambda message: print(message, flush=True),
+        )
     except (CocoEvalError, DetectionError, TrainingError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -14,13 +14,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deploy-net", required=True, type=Path, help="results/model/deploy.prototxt")
     parser.add_argument("--weights", required=True, type=Path, help="trained .caffemodel")
-    parser.add_argument("--test-net", required=True, type=Path,
-                        help="test prototxt: its data layer's mean and scale preprocess the check images")
+    parser.add_argument(
+        "--test-net",
+        required=True,
+        type=Path,
+        help="test prototxt: its data layer's mean and scale preprocess the check images",
+    )
     parser.add_argument("--instances", required=True, type=Path, help="COCO instances JSON of the test split")
     parser.add_argument("--images", required=True, type=Path, help="images folder of the test split")
     parser.add_argument("--check-images", type=int, default=8, help="how many test images to compare on")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="largest allowed output difference, relative to the output's magnitude (at least 1)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed output difference, relative to the output's magnitude (at least 1)",
+    )
     parser.add_argument("--out-prototxt", required=True, type=Path)
     parser.add_argument("--out-weights", required=True, type=Path)
     parser.add_argument("--check-json", required=True, type=Path)
@@ -35,26 +43,43 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         data = json.loads(args.instances.read_text())
-        images = [args.images / image["file_name"]
-                  for image in sorted(data["images"], key=lambda image: image["id"])[:args.check_images]]
+        images = [
+            args.images / image["file_name"]
+            for image in sorted(data["images"], key=lambda image: image["id"])[: args.check_images]
+        ]
         transform = transform_settings(args.test_net)
         folded = export_deploy(args.deploy_net, args.weights, args.out_prototxt, args.out_weights)
-        check = check_folding(args.deploy_net, args.weights, args.out_prototxt, args.out_weights, images,
-                              transform["mean"], transform["scale"])
+        check = check_folding(
+            args.deploy_net,
+            args.weights,
+            args.out_prototxt,
+            args.out_weights,
+            images,
+            transform["mean"],
+            transform["scale"],
+        )
     except (ExportError, DetectionError, WeightsError, OSError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    check.update(tolerance=args.tolerance, folded=[vars(layer) for layer in folded],
-                 images=[str(path) for path in images], preprocessing=transform)
-    print(f"folded {len(folded)} Convolution+BatchNorm(+Scale) chains: {check['layers_before']} -> "
-          f"{check['layers_after']} layers; largest output difference on {len(images)} test images: "
-          f"{check['max_abs_difference']:.3g} ({check['max_relative_difference']:.3g} relative)")
+    check.update(
+        tolerance=args.tolerance,
+        folded=[vars(layer) for layer in folded],
+        images=[str(path) for path in images],
+        preprocessing=transform,
+    )
+    print(
+        f"folded {len(folded)} Convolution+BatchNorm(+Scale) chains: {check['layers_before']} -> "
+        f"{check['layers_after']} layers; largest output difference on {len(images)} test images: "
+        f"{check['max_abs_difference']:.3g} ({check['max_relative_difference']:.3g} relative)"
+    )
     if not check["max_relative_difference"] < args.tolerance:
         for path in (args.out_prototxt, args.out_weights):
             path.unlink(missing_ok=True)
-        print(f"error: the folded net's outputs differ from the original by {check['max_relative_difference']:.3g} "
-              f"relative (> {args.tolerance}) on images of {args.images}: {check['per_blob_relative']}",
-              file=sys.stderr)
+        print(
+            f"error: the folded net's outputs differ from the original by {check['max_relative_difference']:.3g} "
+            f"relative (> {args.tolerance}) on images of {args.images}: {check['per_blob_relative']}",
+            file=sys.stderr,
+        )
         return 1
     atomic_write_text(args.check_json, json.dumps(check, indent=2) + "\n")
     return 0

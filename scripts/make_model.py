@@ -37,9 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labelmap", required=True, help="labelmap prototxt (gives the class count)")
     parser.add_argument("--name-size", required=True, help="test split 'image_id height width' file")
     parser.add_argument("--test-instances", required=True, help="test split COCO JSON (gives test_iter)")
-    parser.add_argument(
-        "--train-lmdb", default="results/lmdb/trainval_lmdb", help="train LMDB path, as written"
-    )
+    parser.add_argument("--train-lmdb", default="results/lmdb/trainval_lmdb", help="train LMDB path, as written")
     parser.add_argument("--test-lmdb", default="results/lmdb/test_lmdb", help="test LMDB path, as written")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="solver_mode CPU or GPU")
     parser.add_argument("--out-train", required=True)
@@ -47,9 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-deploy", required=True)
     parser.add_argument("--out-solver", required=True)
     parser.add_argument("--config-out", required=True, help="resolved configuration (JSON)")
-    parser.add_argument(
-        "--no-check", action="store_true", help="do not instantiate the deploy net in pycaffe"
-    )
+    parser.add_argument("--no-check", action="store_true", help="do not instantiate the deploy net in pycaffe")
     return parser
 
 

@@ -27,8 +27,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         plot_loss(args.train_log, args.loss_png)
         metrics_html(args.metrics, args.metrics_html)
-        detection_grid(args.detections, args.instances, args.images, args.detections_image,
-                       num_images=args.num_images, score_threshold=args.score_threshold)
+        detection_grid(
+            args.detections,
+            args.instances,
+            args.images,
+            args.detections_image,
+            num_images=args.num_images,
+            score_threshold=args.score_threshold,
+        )
     except ReportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

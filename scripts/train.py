@@ -14,15 +14,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--solver", required=True, type=Path, help="solver prototxt (results/model/solver.prototxt)")
     parser.add_argument("--weights-out", required=True, type=Path, help="final .caffemodel to write")
     parser.add_argument("--log-csv", required=True, type=Path, help="training log CSV to write")
-    parser.add_argument("--snapshot-root", type=Path, default=Path("resources/snapshots"),
-                        help="where snapshots live between runs (not deleted when a job fails)")
+    parser.add_argument(
+        "--snapshot-root",
+        type=Path,
+        default=Path("resources/snapshots"),
+        help="where snapshots live between runs (not deleted when a job fails)",
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--initial-weights", type=Path, default=None, help=".caffemodel copied by layer name")
-    parser.add_argument("--snapshot-interval", type=int, default=0,
-                        help="iterations between snapshots (0: the solver's snapshot value)")
+    parser.add_argument(
+        "--snapshot-interval", type=int, default=0, help="iterations between snapshots (0: the solver's snapshot value)"
+    )
     parser.add_argument("--keep-snapshots", type=int, default=2, help="how many snapshots to keep")
-    parser.add_argument("--progress-interval", type=int, default=0,
-                        help="iterations between progress lines (0: the solver's display)")
+    parser.add_argument(
+        "--progress-interval", type=int, default=0, help="iterations between progress lines (0: the solver's display)"
+    )
     return parser
 
 
@@ -31,9 +37,14 @@ def main(args: argparse.Namespace) -> int:
     from ssdlite_coco.weights import WeightsError
 
     settings = TrainSettings(
-        solver=args.solver, weights_out=args.weights_out, log_csv_out=args.log_csv,
-        snapshot_root=args.snapshot_root, device=args.device, initial_weights=args.initial_weights,
-        snapshot_interval=args.snapshot_interval, keep_snapshots=args.keep_snapshots,
+        solver=args.solver,
+        weights_out=args.weights_out,
+        log_csv_out=args.log_csv,
+        snapshot_root=args.snapshot_root,
+        device=args.device,
+        initial_weights=args.initial_weights,
+        snapshot_interval=args.snapshot_interval,
+        keep_snapshots=args.keep_snapshots,
         progress_interval=args.progress_interval,
     )
     try:

@@ -134,9 +134,21 @@ def fetch_sdist(pin: SdistPin, dest_dir: Path, log) -> Path:
         log(f"downloading {pin.name}=={pin.version} (source distribution) with pip")
         with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
             result = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                 "--dest", tmp, f"{pin.name}=={pin.version}"],
-                capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "--dest",
+                    tmp,
+                    f"{pin.name}=={pin.version}",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             downloaded = Path(tmp) / pin.filename
             if result.returncode != 0 or not downloaded.exists():
@@ -199,8 +211,16 @@ def _run_logged(cmd: list[str], cwd: Path, log_path: Path, step: str) -> None:
 def compile_and_install(source: Path, prefix: Path, flags: list[str], jobs: int, log_path: Path, log) -> None:
     build_dir = source.parent / "build"
     build_dir.mkdir()
-    configure = ["cmake", "-S", str(source), "-B", str(build_dir), *flags,
-                 f"-DPython3_EXECUTABLE={sys.executable}", f"-DCMAKE_INSTALL_PREFIX={prefix}"]
+    configure = [
+        "cmake",
+        "-S",
+        str(source),
+        "-B",
+        str(build_dir),
+        *flags,
+        f"-DPython3_EXECUTABLE={sys.executable}",
+        f"-DCMAKE_INSTALL_PREFIX={prefix}",
+    ]
     log("configuring (cmake)")
     _run_logged(configure, source, log_path, "configuration")
     log(f"compiling with {jobs} jobs (about 4 minutes on 2 cores, seconds with a warm ccache)")
@@ -212,7 +232,9 @@ def layer_types(prefix: Path) -> list[str]:
     env = dict(os.environ, PYTHONPATH=str(prefix / "python"), GLOG_minloglevel="2")
     out = subprocess.run(
         [sys.executable, "-c", "import caffe, json; print(json.dumps(sorted(caffe.layer_type_list())))"],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise CaffeBuildError(f"the built pycaffe does not import from {prefix}:\n{out.stderr}")
@@ -236,12 +258,14 @@ def layer_types_record(prefix: Path, device: str) -> dict:
 
 def missing_debian_packages(packages_file: Path = DEBIAN_PACKAGES_FILE) -> list[str]:
     """Listed Debian packages that dpkg does not report as installed ([] where dpkg is absent)."""
-    wanted = [line.strip() for line in packages_file.read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    wanted = [
+        line.strip() for line in packages_file.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     if shutil.which("dpkg-query") is None:
         return []
-    out = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *wanted],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n", *wanted], capture_output=True, text=True
+    )
     installed = {line.split()[0].split(":")[0] for line in out.stdout.splitlines() if line.endswith(" installed")}
     return [name for name in wanted if name not in installed]
 
@@ -262,8 +286,11 @@ def plan_build(device: str = "cpu") -> BuildPlan:
     flags = cmake_flags(device)
     toolchain = toolchain_fingerprint()
     if device == "cuda":  # the CUDA compiler's release (its last version line) changes the binaries too
-        version = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, check=False).stdout \
-            if shutil.which("nvcc") else ""
+        version = (
+            subprocess.run(["nvcc", "--version"], capture_output=True, text=True, check=False).stdout
+            if shutil.which("nvcc")
+            else ""
+        )
         toolchain["nvcc"] = version.strip().splitlines()[-1] if version.strip() else "missing"
     key = build_key(pin, patches, flags, toolchain)
     return BuildPlan(pin, patches, flags, toolchain, key, cache_root() / f"{device}-{key}")
@@ -280,8 +307,10 @@ def ensure_caffe(device: str = "cpu", jobs: int | None = None, log=None) -> Path
     if missing:
         sudo = "" if os.geteuid() == 0 else "sudo "
         raise CaffeBuildError(
-            "Caffe needs system packages that are not installed: " + " ".join(missing) +
-            f"\nInstall them with:\n  {sudo}apt-get install -y --no-install-recommends " + " ".join(missing)
+            "Caffe needs system packages that are not installed: "
+            + " ".join(missing)
+            + f"\nInstall them with:\n  {sudo}apt-get install -y --no-install-recommends "
+            + " ".join(missing)
         )
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -297,8 +326,7 @@ def ensure_caffe(device: str = "cpu", jobs: int | None = None, log=None) -> Path
             source = extract_sdist(archive, plan.pin, work)
             apply_patches(source, plan.patches, log)
             staging = work / "prefix"
-            compile_and_install(source, staging, plan.flags, jobs or os.cpu_count() or 1,
-                                work / "build.log", log)
+            compile_and_install(source, staging, plan.flags, jobs or os.cpu_count() or 1, work / "build.log", log)
             record = {
                 "sdist": f"{plan.pin.name}=={plan.pin.version}",
                 "sdist_sha256": plan.pin.sha256,
@@ -323,8 +351,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: all cores)")
     parser.add_argument("--print-prefix", action="store_true", help="print the install prefix on stdout")
     parser.add_argument("--manifest-out", type=Path, help="copy the build manifest here")
-    parser.add_argument("--source-only", type=Path, metavar="DIR",
-                        help="only unpack the sdist into DIR and apply the patches (to develop a new patch)")
+    parser.add_argument(
+        "--source-only",
+        type=Path,
+        metavar="DIR",
+        help="only unpack the sdist into DIR and apply the patches (to develop a new patch)",
+    )
     return parser
 
 

@@ -57,18 +57,14 @@ def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as error:
-        raise DatasetError(
-            f"{path}: not a readable zip archive ({error}); delete it and download again"
-        ) from error
+        raise DatasetError(f"{path}: not a readable zip archive ({error}); delete it and download again") from error
 
 
 def _member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
     try:
         return archive.getinfo(name)
     except KeyError:
-        raise DatasetError(
-            f"{archive.filename}: has no member {name}; is it the right COCO archive?"
-        ) from None
+        raise DatasetError(f"{archive.filename}: has no member {name}; is it the right COCO archive?") from None
 
 
 def extract_split(
@@ -94,9 +90,7 @@ def extract_split(
             members = [
                 info
                 for info in archive.infolist()
-                if not info.is_dir()
-                and info.filename.startswith(prefix)
-                and "/" not in info.filename[len(prefix) :]
+                if not info.is_dir() and info.filename.startswith(prefix) and "/" not in info.filename[len(prefix) :]
             ]
             if not members:
                 raise DatasetError(f"{images_zip}: no files under {prefix}; is it {coco_split}.zip?")
@@ -160,8 +154,7 @@ def _check_image_file(path: Path, image: dict[str, Any], url: str) -> None:
     except Exception as error:  # Pillow raises many types for broken files
         path.unlink(missing_ok=True)
         raise DownloadError(
-            f"{url}: the downloaded file is not a readable image ({error}); it was deleted, "
-            "run again to retry"
+            f"{url}: the downloaded file is not a readable image ({error}); it was deleted, run again to retry"
         ) from error
     if size != (image["width"], image["height"]):
         path.unlink(missing_ok=True)

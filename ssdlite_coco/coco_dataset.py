@@ -66,8 +66,7 @@ def check_instances(data: dict[str, Any], source: str) -> None:
             raise DatasetError(f"{source}: category id {category['id']} appears twice in 'categories'")
         if category["id"] <= 0:
             raise DatasetError(
-                f"{source}: category id {category['id']} ({category['name']!r}) must be > 0 "
-                "(0 is the background label)"
+                f"{source}: category id {category['id']} ({category['name']!r}) must be > 0 (0 is the background label)"
             )
         category_ids.add(category["id"])
     image_ids: set[int] = set()
@@ -76,15 +75,12 @@ def check_instances(data: dict[str, Any], source: str) -> None:
             raise DatasetError(f"{source}: images[{index}] is not an object")
         for key, kind in (("id", int), ("file_name", str), ("width", int), ("height", int)):
             if not isinstance(image.get(key), kind) or isinstance(image.get(key), bool):
-                raise DatasetError(
-                    f"{source}: images[{index}] needs '{key}' ({kind.__name__}); got {image.get(key)!r}"
-                )
+                raise DatasetError(f"{source}: images[{index}] needs '{key}' ({kind.__name__}); got {image.get(key)!r}")
         if image["id"] in image_ids:
             raise DatasetError(f"{source}: image id {image['id']} appears twice in 'images'")
         if image["width"] <= 0 or image["height"] <= 0:
             raise DatasetError(
-                f"{source}: image id {image['id']} ({image['file_name']}) has size "
-                f"{image['width']}x{image['height']}"
+                f"{source}: image id {image['id']} ({image['file_name']}) has size {image['width']}x{image['height']}"
             )
         image_ids.add(image["id"])
     annotation_ids: set[int] = set()
@@ -99,9 +95,7 @@ def check_instances(data: dict[str, Any], source: str) -> None:
             raise DatasetError(f"{where}: the id appears twice in 'annotations'")
         annotation_ids.add(annotation["id"])
         if annotation["image_id"] not in image_ids:
-            raise DatasetError(
-                f"{where} refers to image_id {annotation['image_id']}, which is not in 'images'"
-            )
+            raise DatasetError(f"{where} refers to image_id {annotation['image_id']}, which is not in 'images'")
         if annotation["category_id"] not in category_ids:
             raise DatasetError(
                 f"{where} refers to category_id {annotation['category_id']}, which is not in 'categories'"
@@ -125,8 +119,7 @@ def check_images(data: dict[str, Any], images_dir: str | os.PathLike, source: st
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DatasetError(
-            f"{images_dir}: images folder not found (set it to the folder holding the "
-            f"images listed in {source})"
+            f"{images_dir}: images folder not found (set it to the folder holding the images listed in {source})"
         )
     present = set(os.listdir(images_dir))
     missing = [
@@ -137,8 +130,7 @@ def check_images(data: dict[str, Any], images_dir: str | os.PathLike, source: st
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         raise DatasetError(
-            f"{images_dir}: {len(missing)} of {len(data['images'])} images listed in {source} "
-            f"are missing: {shown}"
+            f"{images_dir}: {len(missing)} of {len(data['images'])} images listed in {source} are missing: {shown}"
         )
     images = data["images"]
     if sample <= 0 or not images:

@@ -61,11 +61,15 @@ def check_detections(detections: Iterable[Mapping[str, Any]], gt, source: str) -
         if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or not math.isfinite(score):
             raise CocoEvalError(f"{where} has a bbox or score that is not 4 finite numbers: {det!r}")
         if image_id not in gt.imgs:
-            raise CocoEvalError(f"{where} names image_id {image_id}, which the ground truth does not have; "
-                                "map net item indices to COCO image ids through the name-size file")
+            raise CocoEvalError(
+                f"{where} names image_id {image_id}, which the ground truth does not have; "
+                "map net item indices to COCO image ids through the name-size file"
+            )
         if category_id not in gt.cats:
-            raise CocoEvalError(f"{where} names category_id {category_id}, which the ground truth does not have; "
-                                "map net labels to category ids through the labelmap (name = category id)")
+            raise CocoEvalError(
+                f"{where} names category_id {category_id}, which the ground truth does not have; "
+                "map net labels to category ids through the labelmap (name = category id)"
+            )
         checked.append({"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score})
     return checked
 
@@ -93,8 +97,7 @@ def score_detections(
             result = gt.loadRes(dets)
         else:  # loadRes cannot take an empty list; an empty result set scores 0 wherever there is ground truth
             result = COCO()
-            result.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"],
-                              "annotations": []}
+            result.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
             result.createIndex()
         evaluator = COCOeval(gt, result, iouType="bbox")
         evaluator.params.imgIds = image_ids
@@ -105,8 +108,9 @@ def score_detections(
     return {
         "stats": stats,
         "per_class": per_class_ap(evaluator, gt),
-        "summary": "".join(line for line in summary.getvalue().splitlines(keepends=True)
-                           if line.lstrip().startswith("Average")),
+        "summary": "".join(
+            line for line in summary.getvalue().splitlines(keepends=True) if line.lstrip().startswith("Average")
+        ),
         "num_images": len(image_ids),
         "num_detections": len(dets),
     }
@@ -124,13 +128,15 @@ def per_class_ap(evaluator, gt) -> list[dict[str, Any]]:
         values = precision[:, :, index, area_all, max_dets]
         at50 = values[iou50]
         num_gt = len(gt.getAnnIds(imgIds=params.imgIds, catIds=[category_id], iscrowd=False))
-        rows.append({
-            "category_id": int(category_id),
-            "name": gt.cats[category_id].get("name", str(category_id)),
-            "AP": float(values[values > -1].mean()) if (values > -1).any() else -1.0,
-            "AP50": float(at50[at50 > -1].mean()) if (at50 > -1).any() else -1.0,
-            "num_gt": num_gt,
-        })
+        rows.append(
+            {
+                "category_id": int(category_id),
+                "name": gt.cats[category_id].get("name", str(category_id)),
+                "AP": float(values[values > -1].mean()) if (values > -1).any() else -1.0,
+                "AP50": float(at50[at50 > -1].mean()) if (at50 > -1).any() else -1.0,
+                "num_gt": num_gt,
+            }
+        )
     return rows
 
 
@@ -145,8 +151,12 @@ def metrics_table(metrics: Mapping[str, Any]):
     return pd.DataFrame(rows, columns=["metric", "value"])
 
 
-def write_metrics(metrics: Mapping[str, Any], json_path: str | os.PathLike, csv_path: str | os.PathLike | None = None,
-                  per_class_csv: str | os.PathLike | None = None) -> None:
+def write_metrics(
+    metrics: Mapping[str, Any],
+    json_path: str | os.PathLike,
+    csv_path: str | os.PathLike | None = None,
+    per_class_csv: str | os.PathLike | None = None,
+) -> None:
     """Write the metrics as JSON (everything) and CSV (metric,value; per class), each atomically."""
     import pandas as pd
 
@@ -172,11 +182,20 @@ def evaluate_test_split(
     """Run the test net over the test LMDB and score it: (metrics dict, COCO detections, TestNetResult)."""
     from ssdlite_coco.detections import read_net, run_test_net
 
-    result = run_test_net(test_net_path, weights_path, lmdb_path, name_size_path, labelmap_path,
-                          max_batch=max_batch, strict=strict, log=log)
+    result = run_test_net(
+        test_net_path,
+        weights_path,
+        lmdb_path,
+        name_size_path,
+        labelmap_path,
+        max_batch=max_batch,
+        strict=strict,
+        log=log,
+    )
     image_ids = [image_id for image_id, _, _ in _name_sizes(name_size_path)]
-    metrics = score_detections(instances_path, result.detections, image_ids=image_ids,
-                               source=f"detections of {weights_path}")
+    metrics = score_detections(
+        instances_path, result.detections, image_ids=image_ids, source=f"detections of {weights_path}"
+    )
     metrics["detection_eval"] = result.detection_eval
     metrics["detection_eval_per_label"] = {str(label): ap for label, ap in result.per_label_ap.items()}
     metrics["weights"] = str(weights_path)

@@ -104,8 +104,7 @@ def load_coco(path: str | os.PathLike) -> dict[str, Any]:
             or not isinstance(category.get("name"), str)
         ):
             raise CocoFileError(
-                f"{path}: categories[{index}] needs an integer 'id' and a string 'name'; "
-                f"got {_short(category)}"
+                f"{path}: categories[{index}] needs an integer 'id' and a string 'name'; got {_short(category)}"
             )
     return data
 
@@ -173,17 +172,13 @@ def plan_records(
         where = f"{source}: image id {image_id} ({image['file_name']})"
         if width <= 0 or height <= 0:
             bad.append(
-                BadRecord(
-                    image_id, "bad_image_size", f"{where} has size {width}x{height}; fix 'width' and 'height'"
-                )
+                BadRecord(image_id, "bad_image_size", f"{where} has size {width}x{height}; fix 'width' and 'height'")
             )
             continue
         boxes: list[Box] = []
         problem: BadRecord | None = None
         for annotation in sorted(by_image.get(image_id, []), key=lambda a: a["id"]):
-            problem = _annotation_problem(
-                annotation, width, height, category_to_label, where, labelmap_source
-            )
+            problem = _annotation_problem(annotation, width, height, category_to_label, where, labelmap_source)
             if problem is not None:
                 break
             x, y, w, h = (float(value) for value in annotation["bbox"])
@@ -250,7 +245,6 @@ def _annotation_problem(
         return BadRecord(
             image_id,
             "box_outside_image",
-            f"{what} has bbox {annotation['bbox']} outside the {width}x{height} image; fix the "
-            "box or the image size",
+            f"{what} has bbox {annotation['bbox']} outside the {width}x{height} image; fix the box or the image size",
         )
     return None

@@ -50,9 +50,7 @@ class Shape:
     polygon: list[tuple[float, float]]  # vertices in image pixels (may leave the image)
 
 
-def regular_polygon(
-    cx: float, cy: float, radius: float, sides: int, angle: float
-) -> list[tuple[float, float]]:
+def regular_polygon(cx: float, cy: float, radius: float, sides: int, angle: float) -> list[tuple[float, float]]:
     return [
         (
             cx + radius * math.cos(angle + 2 * math.pi * k / sides),
@@ -71,10 +69,7 @@ def shape_polygon(category_id: int, cx: float, cy: float, size: float, rng: np.r
         return regular_polygon(
             cx,
             cy,
-            size
-            / 2
-            * math.sqrt(2)
-            / (abs(math.cos(angle - math.pi / 4)) + abs(math.sin(angle - math.pi / 4))),
+            size / 2 * math.sqrt(2) / (abs(math.cos(angle - math.pi / 4)) + abs(math.sin(angle - math.pi / 4))),
             4,
             angle,
         )
@@ -278,9 +273,7 @@ def generate_split(
             "version": "1.0",
             "contributor": "ssdlite-coco",
         },
-        "licenses": [
-            {"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}
-        ],
+        "licenses": [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}],
         "images": [],
         "annotations": [],
         "categories": [dict(category) for category in CATEGORIES],
@@ -303,8 +296,6 @@ def generate_split(
                 }
             )
             for annotation in annotations:
-                data["annotations"].append(
-                    {"id": len(data["annotations"]) + 1, "image_id": image_id, **annotation}
-                )
+                data["annotations"].append({"id": len(data["annotations"]) + 1, "image_id": image_id, **annotation})
         publish_split(data, images_dir, out_instances, out_images)
     return summarize(data)

@@ -62,16 +62,21 @@ def fold_batchnorm(net_param, params: dict[str, list[np.ndarray]]):
         conv, bn = layer, layers[bn_index]
         scale = layers[scale_index] if scale_index is not None else None
         weight = params[conv.name][0].astype(np.float64)
-        bias = params[conv.name][1].astype(np.float64) if conv.convolution_param.bias_term and \
-            len(params[conv.name]) > 1 else np.zeros(weight.shape[0])
+        bias = (
+            params[conv.name][1].astype(np.float64)
+            if conv.convolution_param.bias_term and len(params[conv.name]) > 1
+            else np.zeros(weight.shape[0])
+        )
         mean, var, factor = (params[bn.name][i].astype(np.float64) for i in range(3))
         s = float(factor.reshape(-1)[0])
         s = 0.0 if s == 0 else 1.0 / s
         mean, var = mean.reshape(-1) * s, var.reshape(-1) * s
         eps = bn.batch_norm_param.eps if bn.batch_norm_param.HasField("eps") else 1e-5
         if mean.size != weight.shape[0]:
-            raise ExportError(f"BatchNorm {bn.name!r} has {mean.size} channels but convolution {conv.name!r} "
-                              f"has {weight.shape[0]} outputs")
+            raise ExportError(
+                f"BatchNorm {bn.name!r} has {mean.size} channels but convolution {conv.name!r} "
+                f"has {weight.shape[0]} outputs"
+            )
         gamma, beta = np.ones_like(mean), np.zeros_like(mean)
         if scale is not None:
             gamma = params[scale.name][0].astype(np.float64).reshape(-1)
@@ -125,8 +130,10 @@ def load_net_params(prototxt: str | os.PathLike, weights: str | os.PathLike):
     unfilled = [row for row in rows if row.status in ("shape mismatch", "not in weights")]
     if unfilled:
         shown = ", ".join(f"{row.layer} ({row.status})" for row in unfilled[:3])
-        raise ExportError(f"{weights} does not fill {len(unfilled)} layers of {prototxt}: {shown}; export weights "
-                          "trained for this net")
+        raise ExportError(
+            f"{weights} does not fill {len(unfilled)} layers of {prototxt}: {shown}; export weights "
+            "trained for this net"
+        )
     return net
 
 
@@ -134,8 +141,12 @@ def net_params(net) -> dict[str, list[np.ndarray]]:
     return {name: [blob.data.copy() for blob in blobs] for name, blobs in net.params.items()}
 
 
-def export_deploy(deploy_prototxt: str | os.PathLike, weights: str | os.PathLike, out_prototxt: str | os.PathLike,
-                  out_weights: str | os.PathLike) -> list[FoldedLayer]:
+def export_deploy(
+    deploy_prototxt: str | os.PathLike,
+    weights: str | os.PathLike,
+    out_prototxt: str | os.PathLike,
+    out_weights: str | os.PathLike,
+) -> list[FoldedLayer]:
     """Write the folded deploy prototxt and caffemodel (each atomically); returns the folded chains."""
     from google.protobuf import text_format
 
@@ -197,10 +208,15 @@ def compare_nets(reference, folded, inputs: list[np.ndarray]) -> dict[str, Any]:
     # where class scores nearly tie (a net early in training), a 1e-6 change of a score reorders the kept
     # boxes, so its difference is reported in per_blob but does not decide.
     judged = [name for name in names if name in HEAD_BLOBS] or names
-    return {"max_abs_difference": max((worst[name] for name in judged), default=0.0),
-            "max_relative_difference": max((relative[name] for name in judged), default=0.0),
-            "judged_blobs": judged,
-            "per_blob": worst, "per_blob_relative": relative, "images": len(inputs), "detections": detections}
+    return {
+        "max_abs_difference": max((worst[name] for name in judged), default=0.0),
+        "max_relative_difference": max((relative[name] for name in judged), default=0.0),
+        "judged_blobs": judged,
+        "per_blob": worst,
+        "per_blob_relative": relative,
+        "images": len(inputs),
+        "detections": detections,
+    }
 
 
 def input_shape(prototxt: str | os.PathLike) -> tuple[int, int, int]:
@@ -218,8 +234,9 @@ def input_shape(prototxt: str | os.PathLike) -> tuple[int, int, int]:
     raise ExportError(f"{prototxt}: no 4-D Input layer; a deploy net starts with an Input layer (N, C, H, W)")
 
 
-def check_folding(deploy_prototxt, weights, folded_prototxt, folded_weights, images: list[Path],
-                  mean: list[float], scale: float) -> dict[str, Any]:
+def check_folding(
+    deploy_prototxt, weights, folded_prototxt, folded_weights, images: list[Path], mean: list[float], scale: float
+) -> dict[str, Any]:
     """Run the unfolded and folded nets on real ``images``; the comparison of their outputs."""
     import caffe
     from ssdlite_coco.detections import preprocess_image

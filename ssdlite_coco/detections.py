@@ -47,8 +47,10 @@ def label_to_category(labelmap_path: str | os.PathLike) -> dict[int, int]:
         if item.name.isdigit() and int(item.name) > 0:
             mapping[item.label] = int(item.name)
     if not mapping:
-        raise DetectionError(f"{labelmap_path}: no item has a COCO category id as its name (e.g. name: \"1\"); "
-                             "generate the labelmap with the labelmap rule")
+        raise DetectionError(
+            f'{labelmap_path}: no item has a COCO category id as its name (e.g. name: "1"); '
+            "generate the labelmap with the labelmap rule"
+        )
     return mapping
 
 
@@ -96,18 +98,21 @@ def to_coco_detections(
         y0, y1 = (min(max(v * height, 0.0), height) for v in (ymin, ymax))
         if x1 - x0 < 0.01 or y1 - y0 < 0.01:  # wholly outside the image
             continue
-        detections.append({
-            "image_id": image_id,
-            "category_id": category_id,
-            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-            "score": round(float(score), 5),
-        })
+        detections.append(
+            {
+                "image_id": image_id,
+                "category_id": category_id,
+                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                "score": round(float(score), 5),
+            }
+        )
     return detections
 
 
 # ---------------------------------------------------------------------------------- DetectionEvaluate rows
-def compute_ap(true_pos: list[tuple[float, int]], false_pos: list[tuple[float, int]], num_pos: int,
-               ap_version: str = "11point") -> float:
+def compute_ap(
+    true_pos: list[tuple[float, int]], false_pos: list[tuple[float, int]], num_pos: int, ap_version: str = "11point"
+) -> float:
     """Average precision of one class as Caffe's ``ComputeAP`` computes it (float32 arithmetic)."""
     if len(true_pos) != len(false_pos):
         raise ValueError("true_pos and false_pos must have the same length")
@@ -178,8 +183,11 @@ class DetectionEvalAccumulator:
 
     def per_label_ap(self, ap_version: str = "11point") -> dict[int, float]:
         """AP of each label Caffe scores (those with detections); others count as 0 in the mAP."""
-        return {label: compute_ap(self.true_pos[label], self.false_pos[label], count, ap_version)
-                for label, count in sorted(self.num_pos.items()) if label in self.true_pos}
+        return {
+            label: compute_ap(self.true_pos[label], self.false_pos[label], count, ap_version)
+            for label, count in sorted(self.num_pos.items())
+            if label in self.true_pos
+        }
 
     def mean_ap(self, ap_version: str = "11point") -> float:
         """Caffe's ``detection_eval``: the sum of the APs divided by the number of classes the layer lists."""
@@ -221,8 +229,10 @@ def _layers_of_type(net, layer_type: str) -> list:
 def _single_layer(net, layer_type: str, source: str):
     layers = _layers_of_type(net, layer_type)
     if len(layers) != 1:
-        raise DetectionError(f"{source}: needs exactly one {layer_type} layer, has {len(layers)}; "
-                             "use the test net made by the model rule")
+        raise DetectionError(
+            f"{source}: needs exactly one {layer_type} layer, has {len(layers)}; "
+            "use the test net made by the model rule"
+        )
     return layers[0]
 
 
@@ -243,8 +253,14 @@ def largest_divisor_at_most(count: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(count, limit)) + 1) if count % d == 0)
 
 
-def prepare_test_net(test_net_path: str | os.PathLike, lmdb_path: str | os.PathLike,
-                     name_size_path: str | os.PathLike, num_images: int, max_batch: int, out_path: Path) -> int:
+def prepare_test_net(
+    test_net_path: str | os.PathLike,
+    lmdb_path: str | os.PathLike,
+    name_size_path: str | os.PathLike,
+    num_images: int,
+    max_batch: int,
+    out_path: Path,
+) -> int:
     """Write a copy of the test net reading ``lmdb_path`` with a batch size that divides ``num_images``.
 
     Every image is then seen exactly once, and DetectionEvaluate's walk through the name-size file stays
@@ -298,8 +314,10 @@ def run_test_net(
     categories = label_to_category(labelmap_path)
     entries = lmdb_entries(lmdb_path)
     if entries != len(image_sizes):
-        raise DetectionError(f"{lmdb_path} holds {entries} records but {name_size_path} lists {len(image_sizes)} "
-                             "images; build both from the same split (labelmap and lmdb rules)")
+        raise DetectionError(
+            f"{lmdb_path} holds {entries} records but {name_size_path} lists {len(image_sizes)} "
+            "images; build both from the same split (labelmap and lmdb rules)"
+        )
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise DetectionError(f"{weights_path}: weights file not found")
@@ -314,10 +332,13 @@ def run_test_net(
     unfilled = [row for row in copied if row.status in ("shape mismatch", "not in weights")]
     if strict and unfilled:
         del net  # free its LMDB reader now: a traceback would keep it alive (Caffe's DataReader allows one)
-        shown = ", ".join(f"{row.layer} ({row.status}: {row.weights_shapes} vs {row.net_shapes})"
-                          for row in unfilled[:3])
-        raise DetectionError(f"{weights_path} does not fill {len(unfilled)} layers of {test_net_path}: {shown}; "
-                             "evaluate weights trained for this net (same model settings and labelmap)")
+        shown = ", ".join(
+            f"{row.layer} ({row.status}: {row.weights_shapes} vs {row.net_shapes})" for row in unfilled[:3]
+        )
+        raise DetectionError(
+            f"{weights_path} does not fill {len(unfilled)} layers of {test_net_path}: {shown}; "
+            "evaluate weights trained for this net (same model settings and labelmap)"
+        )
     output_name = _layers_of_type(read_net(test_net_path), "DetectionOutput")[0].top[0]
     eval_layers = _layers_of_type(read_net(test_net_path), "DetectionEvaluate")
     eval_name = eval_layers[0].top[0] if eval_layers else None
@@ -334,8 +355,10 @@ def run_test_net(
         if iteration + 1 == iterations or (iteration + 1) % max(1, 50 // batch) == 0:
             elapsed = time.monotonic() - started
             eta = elapsed / done * (len(image_sizes) - done)
-            log(f"tested {done}/{len(image_sizes)} images, {len(detections)} detections, "
-                f"{done / max(elapsed, 1e-9):.1f} img/s, ETA {format_duration(eta)}")
+            log(
+                f"tested {done}/{len(image_sizes)} images, {len(detections)} detections, "
+                f"{done / max(elapsed, 1e-9):.1f} img/s, ETA {format_duration(eta)}"
+            )
     return TestNetResult(
         detections=detections,
         detection_eval=accumulator.mean_ap(ap_version) if eval_name is not None else None,
@@ -368,8 +391,9 @@ def transform_settings(test_net_path: str | os.PathLike) -> dict[str, Any]:
     return {"mean": [float(v) for v in mean], "scale": float(transform.scale) if transform.HasField("scale") else 1.0}
 
 
-def preprocess_image(image_path: str | os.PathLike, height: int, width: int, mean: list[float],
-                     scale: float) -> np.ndarray:
+def preprocess_image(
+    image_path: str | os.PathLike, height: int, width: int, mean: list[float], scale: float
+) -> np.ndarray:
     """An image as Caffe's data layer feeds it: resized (bilinear), BGR, ``(pixel - mean) * scale``, CHW."""
     from PIL import Image
 

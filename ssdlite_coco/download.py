@@ -89,8 +89,7 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
         if 500 <= error.code < 600:
             raise _Interrupted(f"HTTP {error.code} {error.reason}") from error
         raise DownloadError(
-            f"{url}: HTTP {error.code} {error.reason}; check the URL (base_url in the "
-            "dataset section of the config)"
+            f"{url}: HTTP {error.code} {error.reason}; check the URL (base_url in the dataset section of the config)"
         ) from error
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         raise _Interrupted(str(getattr(error, "reason", error))) from error
@@ -154,12 +153,10 @@ def download_file(
             kept = part.stat().st_size if part.exists() else 0
             if attempt > retries:
                 raise DownloadError(
-                    f"{url}: download interrupted ({error}); {kept} bytes are kept in {part}, "
-                    "run again to resume"
+                    f"{url}: download interrupted ({error}); {kept} bytes are kept in {part}, run again to resume"
                 ) from None
             print(
-                f"warning: {url}: {error}; resuming from byte {kept} (attempt {attempt + 1} of "
-                f"{retries + 1})",
+                f"warning: {url}: {error}; resuming from byte {kept} (attempt {attempt + 1} of {retries + 1})",
                 file=sys.stderr,
             )
             time.sleep(retry_wait * attempt)

@@ -43,9 +43,7 @@ class LabelmapItem:
     display_name: str
 
 
-def labelmap_from_categories(
-    categories: Iterable[Mapping[str, Any]], mode: str = "coco81"
-) -> list[LabelmapItem]:
+def labelmap_from_categories(categories: Iterable[Mapping[str, Any]], mode: str = "coco81") -> list[LabelmapItem]:
     """The labelmap items for COCO ``categories`` (dicts with ``id`` and ``name``) in ``mode``."""
     if mode not in MODES:
         raise LabelmapError(f"labelmap mode {mode!r} is not known; use one of {', '.join(MODES)}")
@@ -110,9 +108,7 @@ def parse_labelmap(text: str, source: str = "labelmap") -> list[LabelmapItem]:
         if not item.HasField("name") or not item.HasField("label"):
             raise LabelmapError(f"{source}: item {index + 1} needs both 'name' and 'label'")
         items.append(
-            LabelmapItem(
-                item.name, item.label, item.display_name if item.HasField("display_name") else item.name
-            )
+            LabelmapItem(item.name, item.label, item.display_name if item.HasField("display_name") else item.name)
         )
     if not items:
         raise LabelmapError(f"{source}: has no 'item' entries")
@@ -226,9 +222,7 @@ def make_labelmap(
     else:
         items = labelmap_from_categories(datasets[first_split]["categories"], mode)
     for split, data in datasets.items():
-        source = (
-            str(user_labelmap) if user_labelmap else f"the {mode} labelmap made from {instances[first_split]}"
-        )
+        source = str(user_labelmap) if user_labelmap else f"the {mode} labelmap made from {instances[first_split]}"
         try:
             check_labelmap(items, data["categories"], source)
         except LabelmapError as error:

@@ -88,9 +88,7 @@ def _compare_record(key: str, message, expected: ImageRecord, labels: set[int]) 
     seen_groups = set()
     for group in message.annotation_group:
         if group.group_label not in labels or group.group_label == 0:
-            problems.append(
-                f"{where}: group label {group.group_label} is not an object label of the labelmap"
-            )
+            problems.append(f"{where}: group label {group.group_label} is not an object label of the labelmap")
         if group.group_label in seen_groups:
             problems.append(f"{where}: two annotation groups with label {group.group_label}")
         seen_groups.add(group.group_label)
@@ -98,15 +96,10 @@ def _compare_record(key: str, message, expected: ImageRecord, labels: set[int]) 
             box = annotation.bbox
             if annotation.instance_id != index:
                 problems.append(
-                    f"{where}: instance id {annotation.instance_id} at position {index} of group "
-                    f"{group.group_label}"
+                    f"{where}: instance id {annotation.instance_id} at position {index} of group {group.group_label}"
                 )
             coords = (box.xmin, box.ymin, box.xmax, box.ymax)
-            if (
-                not all(0.0 <= value <= 1.0 for value in coords)
-                or box.xmin >= box.xmax
-                or box.ymin >= box.ymax
-            ):
+            if not all(0.0 <= value <= 1.0 for value in coords) or box.xmin >= box.xmax or box.ymin >= box.ymax:
                 problems.append(f"{where}: box {coords} is not inside [0, 1] with positive size")
             rows.append((group.group_label, coords, box.difficult))
     wanted = [
@@ -125,9 +118,7 @@ def _compare_record(key: str, message, expected: ImageRecord, labels: set[int]) 
     if len(rows) != len(wanted):
         problems.append(f"{where}: {len(rows)} boxes, the annotation file gives {len(wanted)}")
     else:
-        for (label, coords, difficult), (want_label, want_coords, want_difficult) in zip(
-            rows, wanted, strict=True
-        ):
+        for (label, coords, difficult), (want_label, want_coords, want_difficult) in zip(rows, wanted, strict=True):
             if (
                 label != want_label
                 or difficult != want_difficult
@@ -199,20 +190,14 @@ def check_lmdb(
         batch.clear()
 
     with ThreadPoolExecutor(max_workers=max(1, readers)) as pool:
-        for index, ((key, value), image_id) in enumerate(
-            zip(iter_records(lmdb_dir), image_ids, strict=False)
-        ):
+        for index, ((key, value), image_id) in enumerate(zip(iter_records(lmdb_dir), image_ids, strict=False)):
             key_text = key.decode(errors="replace")
             if key_text != f"{index:08d}_{image_id:012d}":
-                problems.append(
-                    f"{lmdb_dir}: key {key_text} at position {index}; expected {index:08d}_{image_id:012d}"
-                )
+                problems.append(f"{lmdb_dir}: key {key_text} at position {index}; expected {index:08d}_{image_id:012d}")
             message = caffe_pb2.AnnotatedDatum()
             message.ParseFromString(value)
             if image_id not in expected:
-                problems.append(
-                    f"record {key_text}: image id {image_id} is not a usable image of {instances}"
-                )
+                problems.append(f"record {key_text}: image id {image_id} is not a usable image of {instances}")
                 continue
             problems.extend(_compare_record(key_text, message, expected[image_id], labels))
             for group in message.annotation_group:

@@ -156,9 +156,7 @@ def _read_record(record: ImageRecord, images_dir: Path, source: str) -> _ReadRes
     try:
         prepared = prepare_image_bytes(data)
     except ImageDataError as error:
-        return _failed(
-            record, "corrupt_image", f"{path}: {error} ({where}); replace the file (e.g. download it again)"
-        )
+        return _failed(record, "corrupt_image", f"{path}: {error} ({where}); replace the file (e.g. download it again)")
     if (prepared.width, prepared.height) != (record.width, record.height):
         return _failed(
             record,

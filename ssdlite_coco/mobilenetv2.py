@@ -48,9 +48,7 @@ def block_prefix(index: int) -> str:
     return "conv" if index == 0 else f"conv_{index}"
 
 
-def build_mobilenetv2(
-    writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit"
-) -> BackboneOutputs:
+def build_mobilenetv2(writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit") -> BackboneOutputs:
     """Write the backbone on top of ``bottom``; return the blobs SSDLite predicts from."""
     if width <= 0:
         raise ValueError(f"width multiplier must be positive, got {width}")
@@ -70,9 +68,7 @@ def build_mobilenetv2(
                 x = writer.conv_unit(f"{prefix}/expand", x, hidden, kernel=1, bn=bn)
                 if index == FIRST_FEATURE_BLOCK:
                     first_feature, first_feature_channels = x, hidden
-            x = writer.conv_unit(
-                f"{prefix}/depthwise", x, hidden, kernel=3, stride=stride, group=hidden, bn=bn
-            )
+            x = writer.conv_unit(f"{prefix}/depthwise", x, hidden, kernel=3, stride=stride, group=hidden, bn=bn)
             x = writer.conv_unit(f"{prefix}/project", x, out_channels, kernel=1, bn=bn, act=False)
             if stride == 1 and channels == out_channels:
                 x = writer.eltwise_sum(f"{prefix}/sum", [block_input, x])

@@ -114,9 +114,7 @@ class ModelOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ModelError(
-                f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+            raise ModelError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         values = dict(values)
         for key in ("test_detection", "deploy_detection"):
             if isinstance(values.get(key), dict):
@@ -254,9 +252,7 @@ def build_net_with_maps(options: ModelOptions, role: str) -> tuple[caffe_pb2.Net
     else:
         _data_layer(writer, options, role)
     backbone = build_mobilenetv2(writer, "data", width=options.width, bn=options.backbone_bn)
-    maps = build_feature_maps(
-        writer, backbone, options.input_size, width=options.width, bn=options.backbone_bn
-    )
+    maps = build_feature_maps(writer, backbone, options.input_size, width=options.width, bn=options.backbone_bn)
     if any(fmap.size is not None and fmap.size < 1 for fmap in maps):
         raise ModelError(f"input_size {options.input_size} is too small for six feature maps")
     writer.silence_unused()
@@ -348,10 +344,7 @@ def inspect_deploy(deploy_file: str | Path) -> dict:
     types = {name: layer.type for name, layer in zip(net._layer_names, net.layers, strict=True)}
     all_blobs = sum(blob.data.size for params in net.params.values() for blob in params)
     learnable = sum(
-        blob.data.size
-        for name, params in net.params.items()
-        if types.get(name) != "BatchNorm"
-        for blob in params
+        blob.data.size for name, params in net.params.items() if types.get(name) != "BatchNorm" for blob in params
     )
     return {
         "num_priors": int(net.blobs["mbox_priorbox"].data.shape[2] // 4),
@@ -380,9 +373,7 @@ def generate_model(
         f"{model.num_classes} classes, {model.activation}, backbone BN {model.backbone_bn}, "
         f"augmentation {'on' if model.augmentation else 'off'}"
     )
-    texts = {
-        role: net_to_text(build_net(model, role), _header([description, f"{role} net"])) for role in ROLES
-    }
+    texts = {role: net_to_text(build_net(model, role), _header([description, f"{role} net"])) for role in ROLES}
     test_iter = count_test_iterations(num_test_images, model.test_batch_size)
     solver = build_solver(solver_options, paths["train"], paths["test"], test_iter, device)
     texts["solver"] = message_to_text(
@@ -390,8 +381,7 @@ def generate_model(
         _header(
             [
                 description,
-                f"solver: test_iter {test_iter} = {num_test_images} test images"
-                f" / batch {model.test_batch_size}",
+                f"solver: test_iter {test_iter} = {num_test_images} test images / batch {model.test_batch_size}",
             ]
         ),
     )
@@ -399,15 +389,11 @@ def generate_model(
     resolved = {
         "test_iter": test_iter,
         "num_priors": sum(fmap.size * fmap.size * fmap.priors_per_cell for fmap in maps),
-        "feature_maps": [
-            dataclasses.asdict(fmap) | {"priors_per_cell": fmap.priors_per_cell} for fmap in maps
-        ],
+        "feature_maps": [dataclasses.asdict(fmap) | {"priors_per_cell": fmap.priors_per_cell} for fmap in maps],
         "resize_field": resize_field(),
     }
     if resize_field() is None:
-        resolved["warning"] = (
-            "this Caffe cannot resize in the data layer: the LMDB images must be input-sized"
-        )
+        resolved["warning"] = "this Caffe cannot resize in the data layer: the LMDB images must be input-sized"
     return texts, resolved
 
 
@@ -432,9 +418,7 @@ def patch_model(
         net = parse_prototxt(sources[role], caffe_pb2.NetParameter())
         nets[role], net_warnings = patch_net(net, role, settings, where=str(sources[role]))
         warnings += net_warnings
-    test_batch = next(
-        layer.data_param.batch_size for layer in nets["test"].layer if layer.type == "AnnotatedData"
-    )
+    test_batch = next(layer.data_param.batch_size for layer in nets["test"].layer if layer.type == "AnnotatedData")
     test_iter = count_test_iterations(num_test_images, test_batch)
     solver = parse_prototxt(sources["solver"], caffe_pb2.SolverParameter())
     solver, solver_warnings = patch_solver(

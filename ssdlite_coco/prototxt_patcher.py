@@ -61,12 +61,8 @@ def parse_prototxt(path: str | Path, message):
     except text_format.ParseError as error:
         hint = ""
         if "TransformationParameter" in str(error):
-            hint = (
-                " (this Caffe's data transformer lacks that field: build it with the SSD augmentation patch)"
-            )
-        raise PatchError(
-            f"{path}: not a valid {message.DESCRIPTOR.name} for this Caffe: {error}{hint}"
-        ) from None
+            hint = " (this Caffe's data transformer lacks that field: build it with the SSD augmentation patch)"
+        raise PatchError(f"{path}: not a valid {message.DESCRIPTOR.name} for this Caffe: {error}{hint}") from None
 
 
 def _fail(where: str, layer: caffe_pb2.LayerParameter | None, reason: str):
@@ -295,13 +291,10 @@ def patch_solver(
     solver = copy.deepcopy(solver)
     warnings: list[str] = []
     if solver.HasField("net_param") or solver.HasField("train_net_param") or len(solver.test_net_param):
-        raise PatchError(
-            f"{where}: embeds its nets (net_param / train_net_param / test_net_param); give them as files"
-        )
+        raise PatchError(f"{where}: embeds its nets (net_param / train_net_param / test_net_param); give them as files")
     if len(solver.test_net) > 1 or len(solver.test_state) > 1:
         raise PatchError(
-            f"{where}: has {max(len(solver.test_net), len(solver.test_state))} test nets; "
-            "the workflow tests one"
+            f"{where}: has {max(len(solver.test_net), len(solver.test_state))} test nets; the workflow tests one"
         )
     solver.ClearField("net")
     solver.train_net = train_net

@@ -44,14 +44,19 @@ def plot_loss(train_log_csv: str | os.PathLike, out_png: str | os.PathLike, smoo
         frame = pd.read_csv(train_log_csv)
     except (OSError, ValueError) as error:
         raise ReportError(f"{train_log_csv}: cannot read the training log CSV ({error})") from None
-    figure, (loss_axis, eval_axis) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True,
-                                                  gridspec_kw={"height_ratios": [2, 1]})
+    figure, (loss_axis, eval_axis) = plt.subplots(
+        2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
     losses = frame.dropna(subset=["loss"])
     if not losses.empty:
         loss_axis.plot(losses.iteration, losses.loss, color="0.75", linewidth=0.8, label="loss")
         window = max(1, min(smooth, len(losses) // 5 or 1))
-        loss_axis.plot(losses.iteration, losses.loss.rolling(window, min_periods=1).mean(), color="C0",
-                       label=f"running mean ({window})")
+        loss_axis.plot(
+            losses.iteration,
+            losses.loss.rolling(window, min_periods=1).mean(),
+            color="C0",
+            label=f"running mean ({window})",
+        )
         rate_axis = loss_axis.twinx()
         rate_axis.plot(losses.iteration, losses.learning_rate, color="C1", linewidth=1, label="learning rate")
         rate_axis.set_ylabel("learning rate", color="C1")
@@ -93,11 +98,11 @@ def metrics_html(metrics_json: str | os.PathLike, out_html: str | os.PathLike) -
 <style>body{{font-family:sans-serif}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #bbb;padding:2px 8px;text-align:right}} th{{background:#eee}}</style></head>
 <body>
-<h2>COCO bbox metrics ({metrics.get('num_images', '?')} test images,
-{metrics.get('num_detections', '?')} detections)</h2>
+<h2>COCO bbox metrics ({metrics.get("num_images", "?")} test images,
+{metrics.get("num_detections", "?")} detections)</h2>
 <table><tr>{head}</tr><tr>{values}</tr></table>
 <p>Caffe <code>detection_eval</code> (VOC 11-point AP@0.5, the solver's test metric):
-<b>{_fmt(metrics.get('detection_eval'))}</b></p>
+<b>{_fmt(metrics.get("detection_eval"))}</b></p>
 <h2>AP per class</h2>
 <table><tr><th>category id</th><th>name</th><th>AP</th><th>AP50</th><th>ground-truth boxes</th></tr>{classes}</table>
 </body></html>
@@ -105,9 +110,15 @@ td,th{{border:1px solid #bbb;padding:2px 8px;text-align:right}} th{{background:#
     atomic_write_text(out_html, page)
 
 
-def detection_grid(detections_json: str | os.PathLike, instances_json: str | os.PathLike,
-                   images_dir: str | os.PathLike, out_image: str | os.PathLike, num_images: int = 12,
-                   score_threshold: float = 0.3, columns: int = 4) -> None:
+def detection_grid(
+    detections_json: str | os.PathLike,
+    instances_json: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    out_image: str | os.PathLike,
+    num_images: int = 12,
+    score_threshold: float = 0.3,
+    columns: int = 4,
+) -> None:
     """Detections above ``score_threshold`` (red, with class and score) and ground truth (green) on test images."""
     from PIL import Image
 
@@ -146,8 +157,15 @@ def detection_grid(detections_json: str | os.PathLike, instances_json: str | os.
         for det in shown:
             x, y, w, h = det["bbox"]
             axis.add_patch(plt.Rectangle((x, y), w, h, fill=False, edgecolor="red", linewidth=1.5))
-            axis.text(x, y, f"{names.get(det['category_id'], det['category_id'])} {det['score']:.2f}",
-                      color="white", fontsize=7, va="bottom", bbox={"facecolor": "red", "alpha": 0.7, "pad": 1})
+            axis.text(
+                x,
+                y,
+                f"{names.get(det['category_id'], det['category_id'])} {det['score']:.2f}",
+                color="white",
+                fontsize=7,
+                va="bottom",
+                bbox={"facecolor": "red", "alpha": 0.7, "pad": 1},
+            )
         axis.set_title(f"image {image['id']}: {len(shown)} detections", fontsize=9)
     figure.suptitle(f"Detections with score >= {score_threshold} (red) and ground truth (green)")
     _save(figure, out_image, dpi=90)

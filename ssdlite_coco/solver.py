@@ -62,9 +62,7 @@ class SolverOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SolverError(
-                f"unknown solver option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+            raise SolverError(f"unknown solver option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
 
     def to_dict(self) -> dict:

@@ -82,9 +82,7 @@ def build_feature_maps(
         x = writer.conv_unit(f"layer_19_2_{index}", x, out, kernel=1, bn=bn)
         blobs.append((x, out))
     maps = []
-    for index, ((blob, channels), (min_size, max_size)) in enumerate(
-        zip(blobs, prior_sizes(input_size), strict=True)
-    ):
+    for index, ((blob, channels), (min_size, max_size)) in enumerate(zip(blobs, prior_sizes(input_size), strict=True)):
         ratios = FIRST_MAP_ASPECT_RATIOS if index == 0 else OTHER_MAP_ASPECT_RATIOS
         maps.append(FeatureMap(blob, channels, writer.sizes.get(blob), min_size, max_size, ratios))
     return maps
@@ -146,9 +144,7 @@ def add_multibox_loss(
     param = layer.multibox_loss_param
     param.loc_loss_type = caffe_pb2.MultiBoxLossParameter.SMOOTH_L1
     param.conf_loss_type = (
-        caffe_pb2.MultiBoxLossParameter.LOGISTIC
-        if conf_loss == "logistic"
-        else caffe_pb2.MultiBoxLossParameter.SOFTMAX
+        caffe_pb2.MultiBoxLossParameter.LOGISTIC if conf_loss == "logistic" else caffe_pb2.MultiBoxLossParameter.SOFTMAX
     )
     param.loc_weight = 1.0
     param.num_classes = num_classes

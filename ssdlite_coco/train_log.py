@@ -31,10 +31,12 @@ def log_frame(rows: Iterable[Mapping[str, Any]]):
 
     frame = pd.DataFrame(list(rows), columns=list(LOG_COLUMNS))
     if frame.empty:
-        return frame.astype({"iteration": "int64", "loss": "float64", "learning_rate": "float64",
-                             "detection_eval": "float64"})
-    frame = frame.astype({"iteration": "int64", "loss": "float64", "learning_rate": "float64",
-                          "detection_eval": "float64"})
+        return frame.astype(
+            {"iteration": "int64", "loss": "float64", "learning_rate": "float64", "detection_eval": "float64"}
+        )
+    frame = frame.astype(
+        {"iteration": "int64", "loss": "float64", "learning_rate": "float64", "detection_eval": "float64"}
+    )
     return frame.groupby("iteration", as_index=False, sort=True).first()[list(LOG_COLUMNS)]
 
 
@@ -54,8 +56,12 @@ def read_log_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     if missing:
         raise TrainLogError(f"{path}: has no column {', '.join(missing)}; expected {', '.join(LOG_COLUMNS)}")
     return [
-        {"iteration": int(row.iteration), "loss": float(row.loss), "learning_rate": float(row.learning_rate),
-         "detection_eval": float(row.detection_eval)}
+        {
+            "iteration": int(row.iteration),
+            "loss": float(row.loss),
+            "learning_rate": float(row.learning_rate),
+            "detection_eval": float(row.detection_eval),
+        }
         for row in frame.itertuples(index=False)
     ]
 
@@ -73,16 +79,34 @@ def parse_caffe_log(text: str) -> list[dict[str, Any]]:
     testing_at = None
     for line in text.splitlines():
         if match := _LOSS.search(line):
-            rows.append({"iteration": int(match[1]), "loss": float(match[2]), "learning_rate": math.nan,
-                         "detection_eval": math.nan})
+            rows.append(
+                {
+                    "iteration": int(match[1]),
+                    "loss": float(match[2]),
+                    "learning_rate": math.nan,
+                    "detection_eval": math.nan,
+                }
+            )
         elif match := _LR.search(line):
-            rows.append({"iteration": int(match[1]), "loss": math.nan, "learning_rate": float(match[2]),
-                         "detection_eval": math.nan})
+            rows.append(
+                {
+                    "iteration": int(match[1]),
+                    "loss": math.nan,
+                    "learning_rate": float(match[2]),
+                    "detection_eval": math.nan,
+                }
+            )
         elif match := _TESTING.search(line):
             testing_at = int(match[1])
         elif (match := _DETECTION_EVAL.search(line)) and testing_at is not None:
-            rows.append({"iteration": testing_at, "loss": math.nan, "learning_rate": math.nan,
-                         "detection_eval": float(match[1])})
+            rows.append(
+                {
+                    "iteration": testing_at,
+                    "loss": math.nan,
+                    "learning_rate": math.nan,
+                    "detection_eval": float(match[1]),
+                }
+            )
     return rows
 
 
@@ -93,8 +117,9 @@ def caffe_log_to_csv(log_path: str | os.PathLike, csv_path: str | os.PathLike) -
         raise TrainLogError(f"{log_path}: log file not found")
     rows = parse_caffe_log(log_path.read_text(errors="replace"))
     if not rows:
-        raise TrainLogError(f"{log_path}: no 'Iteration N, loss = X' line; is it the output of `caffe train` "
-                            "with display > 0?")
+        raise TrainLogError(
+            f"{log_path}: no 'Iteration N, loss = X' line; is it the output of `caffe train` with display > 0?"
+        )
     frame = log_frame(rows)
     atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.7g"))
     return len(frame)

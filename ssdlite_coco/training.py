@@ -92,12 +92,14 @@ def select_device(device: str, gpu_id: int = 0) -> None:
             raise TrainingError(
                 f"train.device is cuda but the Caffe in use ({caffe_prefix()}) is a {built or 'unknown'} build; "
                 "set caffe.device: cuda in the config (and SSDLITE_CAFFE_DEVICE=cuda for scripts/with-caffe) "
-                "to build Caffe with CUDA, or set train.device: cpu")
+                "to build Caffe with CUDA, or set train.device: cpu"
+            )
         count, why = cuda_device_count()
         if gpu_id >= count:
             raise TrainingError(
                 f"train.device is cuda but {why or f'there is no GPU {gpu_id} (this machine has {count})'}; "
-                "run on a machine with an NVIDIA GPU and driver, or set train.device: cpu")
+                "run on a machine with an NVIDIA GPU and driver, or set train.device: cpu"
+            )
         caffe.set_mode_gpu()
         caffe.set_device(gpu_id)
     else:
@@ -134,8 +136,9 @@ def resolve_net_path(value: str, solver_path: Path) -> Path:
     else:
         found = (solver_path.parent / candidate).resolve()
     if not found.is_file():
-        raise TrainingError(f"{solver_path}: net {value!r} not found (relative to the working directory "
-                            f"or to {solver_path.parent})")
+        raise TrainingError(
+            f"{solver_path}: net {value!r} not found (relative to the working directory or to {solver_path.parent})"
+        )
     return found
 
 
@@ -159,8 +162,10 @@ def patch_solver(solver, solver_path: Path, snapshot_prefix: Path, device: str):
     patched.ClearField("test_net")
     patched.test_net.extend(str(path) for path in tests)
     if len(patched.test_iter) != len(tests):
-        raise TrainingError(f"{solver_path}: has {len(tests)} test nets but {len(patched.test_iter)} test_iter "
-                            "values; give one test_iter per test net")
+        raise TrainingError(
+            f"{solver_path}: has {len(tests)} test nets but {len(patched.test_iter)} test_iter "
+            "values; give one test_iter per test net"
+        )
     patched.snapshot = 0
     patched.snapshot_after_train = False
     patched.test_interval = 2**31 - 1  # Caffe wants > 0 when there are test nets; this runner tests itself
@@ -179,9 +184,23 @@ def run_key(solver, train_net: Path, initial_weights: Path | None) -> str:
 
     settings = caffe_pb2.SolverParameter()
     settings.CopyFrom(solver)
-    for name in ("max_iter", "snapshot", "snapshot_prefix", "snapshot_after_train", "display", "solver_mode",
-                 "device_id", "net", "train_net", "test_net", "test_iter", "test_interval",
-                 "test_initialization", "debug_info", "average_loss"):
+    for name in (
+        "max_iter",
+        "snapshot",
+        "snapshot_prefix",
+        "snapshot_after_train",
+        "display",
+        "solver_mode",
+        "device_id",
+        "net",
+        "train_net",
+        "test_net",
+        "test_iter",
+        "test_interval",
+        "test_initialization",
+        "debug_info",
+        "average_loss",
+    ):
         settings.ClearField(name)
     digest = hashlib.sha256()
     digest.update(text_format.MessageToString(settings).encode())
@@ -207,7 +226,7 @@ def learning_rate(solver, iteration: int) -> float:
     if policy == "step":
         return base * gamma ** (iteration // solver.stepsize)
     if policy == "exp":
-        return base * gamma ** iteration
+        return base * gamma**iteration
     if policy == "inv":
         return base * (1 + gamma * iteration) ** (-power)
     if policy == "multistep":
@@ -216,8 +235,9 @@ def learning_rate(solver, iteration: int) -> float:
         return base * (1 - iteration / solver.max_iter) ** power
     if policy == "sigmoid":
         return base / (1 + math.exp(-gamma * (iteration - solver.stepsize)))
-    raise TrainingError(f"lr_policy {policy!r} is not one Caffe knows (fixed, step, exp, inv, multistep, poly, "
-                        "sigmoid)")
+    raise TrainingError(
+        f"lr_policy {policy!r} is not one Caffe knows (fixed, step, exp, inv, multistep, poly, sigmoid)"
+    )
 
 
 def loss_weights(net_file: Path) -> dict[str, float]:
@@ -283,10 +303,10 @@ class SnapshotStore:
 
     def _prune(self) -> None:
         iterations = sorted(
-            int(path.name[len("snapshot_iter_"):-len(".solverstate")])
+            int(path.name[len("snapshot_iter_") : -len(".solverstate")])
             for path in self.folder.glob("snapshot_iter_*.solverstate")
         )
-        for old in iterations[:-self.keep]:
+        for old in iterations[: -self.keep]:
             for path in self.files(old).values():
                 path.unlink(missing_ok=True)
 
@@ -352,9 +372,11 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     latest = store.latest()
     if latest is not None:
         if latest["iteration"] > original.max_iter:
-            raise TrainingError(f"the newest snapshot ({latest['solverstate']}) is at iteration "
-                                f"{latest['iteration']}, past max_iter {original.max_iter}; raise max_iter or "
-                                f"delete {store.folder} to train from scratch")
+            raise TrainingError(
+                f"the newest snapshot ({latest['solverstate']}) is at iteration "
+                f"{latest['iteration']}, past max_iter {original.max_iter}; raise max_iter or "
+                f"delete {store.folder} to train from scratch"
+            )
         solver.restore(str(latest["solverstate"]))
         rows = [row for row in read_log_csv(latest["log"]) if row["iteration"] < latest["iteration"]]
         resumed_from = latest["iteration"]
@@ -363,8 +385,10 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         table = copy_weights_by_name(solver.net, read_caffemodel(initial))
         log(f"initial weights {initial} copied by layer name:\n{format_copy_table(table)}")
         if not any(row.status == "copied" for row in table):
-            raise TrainingError(f"initial weights {initial} share no layer (by name and shape) with {train_net}; "
-                                "check train.initial_weights")
+            raise TrainingError(
+                f"initial weights {initial} share no layer (by name and shape) with {train_net}; "
+                "check train.initial_weights"
+            )
     else:
         log("training from the fillers' initialization (no train.initial_weights)")
 
@@ -379,15 +403,17 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
 
     def run_tests(iteration: int) -> None:
         for index in range(len(test_nets)):
-            value = test_detection(solver, index, original.test_iter[index], original.ap_version) \
-                if detection else None
+            value = test_detection(solver, index, original.test_iter[index], original.ap_version) if detection else None
             if value is not None:
-                rows.append({"iteration": iteration, "loss": math.nan, "learning_rate": math.nan,
-                             "detection_eval": value})
+                rows.append(
+                    {"iteration": iteration, "loss": math.nan, "learning_rate": math.nan, "detection_eval": value}
+                )
                 log(f"iteration {iteration}: test net #{index} detection_eval = {value:.6f}")
 
-    log(f"training {train_net.name} from iteration {start_iter} to {max_iter} on {settings.device}; "
-        f"snapshots every {snapshot_interval} in {store.folder}")
+    log(
+        f"training {train_net.name} from iteration {start_iter} to {max_iter} on {settings.device}; "
+        f"snapshots every {snapshot_interval} in {store.folder}"
+    )
     while solver.iter < max_iter:
         iteration = solver.iter
         if test_interval and iteration % test_interval == 0 and (iteration > 0 or original.test_initialization):
@@ -396,22 +422,29 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         solver.step(1)
         loss = sum(weight * float(solver.net.blobs[name].data.sum()) for name, weight in weights.items())
         if not math.isfinite(loss):
-            raise TrainingError(f"the loss is {loss} at iteration {iteration}; lower base_lr in the solver "
-                                f"({solver_path}) or check the data")
+            raise TrainingError(
+                f"the loss is {loss} at iteration {iteration}; lower base_lr in the solver "
+                f"({solver_path}) or check the data"
+            )
         rows.append({"iteration": iteration, "loss": loss, "learning_rate": rate, "detection_eval": math.nan})
         done = solver.iter
         if done % snapshot_interval == 0:
             last_snapshot = store.save(solver, rows)
         if done % display == 0 or done == max_iter:
-            recent = [row["loss"] for row in rows[-(original.average_loss or 1):] if not math.isnan(row["loss"])]
+            recent = [row["loss"] for row in rows[-(original.average_loss or 1) :] if not math.isnan(row["loss"])]
             elapsed = time.monotonic() - started
             speed = (done - start_iter) / max(elapsed, 1e-9)
             eta = (max_iter - done) / speed if speed > 0 else math.inf
-            log(f"iteration {done}/{max_iter} ({100 * done / max_iter:.1f}%), loss {sum(recent) / len(recent):.4f}"
-                f", lr {rate:g}, {speed:.2f} it/s, ETA {format_duration(eta)}")
+            log(
+                f"iteration {done}/{max_iter} ({100 * done / max_iter:.1f}%), loss {sum(recent) / len(recent):.4f}"
+                f", lr {rate:g}, {speed:.2f} it/s, ETA {format_duration(eta)}"
+            )
     final_iter = solver.iter
-    if test_interval and final_iter % test_interval == 0 and not any(
-            row["iteration"] == final_iter and not math.isnan(row["detection_eval"]) for row in rows):
+    if (
+        test_interval
+        and final_iter % test_interval == 0
+        and not any(row["iteration"] == final_iter and not math.isnan(row["detection_eval"]) for row in rows)
+    ):
         run_tests(final_iter)
     if last_snapshot != final_iter:
         store.save(solver, rows)

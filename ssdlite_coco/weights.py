@@ -42,8 +42,9 @@ def sha256_of(path: str | os.PathLike) -> str:
 def _check_sha256_value(sha256: str) -> str:
     sha256 = sha256.strip().lower()
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise WeightsError(f"train.initial_weights_sha256 {sha256!r} is not a sha256 (64 hex digits); "
-                           "compute it with `sha256sum FILE`")
+        raise WeightsError(
+            f"train.initial_weights_sha256 {sha256!r} is not a sha256 (64 hex digits); compute it with `sha256sum FILE`"
+        )
     return sha256
 
 
@@ -56,8 +57,10 @@ def fetch_weights(spec: str, sha256: str, target: str | os.PathLike, timeout: fl
     target = Path(target)
     if is_url(spec):
         if not sha256:
-            raise WeightsError(f"initial weights {spec} are a URL but train.initial_weights_sha256 is empty; "
-                               "set it to the file's sha256 so a changed or truncated download is caught")
+            raise WeightsError(
+                f"initial weights {spec} are a URL but train.initial_weights_sha256 is empty; "
+                "set it to the file's sha256 so a changed or truncated download is caught"
+            )
         expected = _check_sha256_value(sha256)
         with atomic_path(target) as tmp:
             digest = hashlib.sha256()
@@ -67,23 +70,30 @@ def fetch_weights(spec: str, sha256: str, target: str | os.PathLike, timeout: fl
                         digest.update(block)
                         out.write(block)
             except (urllib.error.URLError, OSError) as error:
-                raise WeightsError(f"could not download initial weights from {spec}: {error}; check the URL "
-                                   "and the network, or download the file and set train.initial_weights "
-                                   "to its path") from None
+                raise WeightsError(
+                    f"could not download initial weights from {spec}: {error}; check the URL "
+                    "and the network, or download the file and set train.initial_weights "
+                    "to its path"
+                ) from None
             if digest.hexdigest() != expected:
-                raise WeightsError(f"initial weights downloaded from {spec} have sha256 {digest.hexdigest()}, "
-                                   f"not {expected}; the file changed or the download is damaged")
+                raise WeightsError(
+                    f"initial weights downloaded from {spec} have sha256 {digest.hexdigest()}, "
+                    f"not {expected}; the file changed or the download is damaged"
+                )
         return target
     source = Path(spec)
     if not source.is_file():
-        raise WeightsError(f"initial weights {source} not found; set train.initial_weights to a .caffemodel "
-                           "path or an http(s) URL")
+        raise WeightsError(
+            f"initial weights {source} not found; set train.initial_weights to a .caffemodel path or an http(s) URL"
+        )
     if sha256:
         expected = _check_sha256_value(sha256)
         actual = sha256_of(source)
         if actual != expected:
-            raise WeightsError(f"initial weights {source} have sha256 {actual}, not {expected} "
-                               "(train.initial_weights_sha256); fix the value or the file")
+            raise WeightsError(
+                f"initial weights {source} have sha256 {actual}, not {expected} "
+                "(train.initial_weights_sha256); fix the value or the file"
+            )
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return target
@@ -150,7 +160,8 @@ def copy_weights_by_name(net, weights: Mapping[str, list[np.ndarray]]) -> list[L
             # a 4-D legacy blob may hold a 1-D or 2-D parameter: compare the element layout too
             same = len(source) == len(target) and all(
                 s.size == t.size and tuple(d for d in s.shape if d != 1) == tuple(d for d in t.shape if d != 1)
-                for s, t in zip(source, target, strict=False))
+                for s, t in zip(source, target, strict=False)
+            )
         if same:
             for blob, array in zip(net_params[name], source, strict=True):
                 blob.data[...] = array.reshape(blob.data.shape)
@@ -168,8 +179,7 @@ def format_copy_table(rows: list[LayerCopy]) -> str:
     header = ("layer", "status", "weights", "net")
     cells = [header] + [(r.layer, r.status, r.weights_shapes, r.net_shapes) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(4)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     counts: dict[str, int] = {}
     for row in rows:
@@ -181,6 +191,8 @@ def format_copy_table(rows: list[LayerCopy]) -> str:
 
 # ------------------------------------------------------------------------------------- detection head check
 BACKGROUND_MARGIN = 0.5
+
+
 def conf_head_layers(net_param) -> list[str]:
     """Convolutions that feed DetectionOutput's confidence input (through Permute/Flatten/Concat/Softmax...)."""
     layers = list(net_param.layer)
@@ -195,8 +207,9 @@ def conf_head_layers(net_param) -> list[str]:
         if (blob, before) in seen:
             continue
         seen.add((blob, before))
-        producer = next(((i, layer) for i, layer in reversed(list(enumerate(layers[:before]))) if blob in layer.top),
-                        None)
+        producer = next(
+            ((i, layer) for i, layer in reversed(list(enumerate(layers[:before]))) if blob in layer.top), None
+        )
         if producer is None:
             continue
         index, layer = producer
@@ -208,8 +221,9 @@ def conf_head_layers(net_param) -> list[str]:
     return sorted(set(heads), key=[layer.name for layer in layers].index)
 
 
-def conf_head_statistics(net_param, params: Mapping[str, list[np.ndarray]], copied: list[LayerCopy],
-                         num_classes: int) -> dict:
+def conf_head_statistics(
+    net_param, params: Mapping[str, list[np.ndarray]], copied: list[LayerCopy], num_classes: int
+) -> dict:
     """Weight/bias statistics of the confidence heads and whether they look trained.
 
     An untrained head has the fillers' values: zero biases and weights of std ~ 1/sqrt(fan_in) (xavier).
@@ -223,8 +237,12 @@ def conf_head_statistics(net_param, params: Mapping[str, list[np.ndarray]], copi
         blobs = params[name]
         weight = blobs[0]
         fan_in = int(np.prod(weight.shape[1:]))
-        row = {"layer": name, "from_weights": status.get(name) == "copied",
-               "weight_std": float(weight.std()), "filler_std": float(1 / np.sqrt(fan_in))}
+        row = {
+            "layer": name,
+            "from_weights": status.get(name) == "copied",
+            "weight_std": float(weight.std()),
+            "filler_std": float(1 / np.sqrt(fan_in)),
+        }
         if len(blobs) > 1 and num_classes > 0 and blobs[1].size % num_classes == 0:
             bias = blobs[1].reshape(-1, num_classes)
             row["bias_abs_max"] = float(np.abs(bias).max())
@@ -234,5 +252,9 @@ def conf_head_statistics(net_param, params: Mapping[str, list[np.ndarray]], copi
     margins = [head["background_bias_margin"] for head in heads if "background_bias_margin" in head]
     # a head trained with hard negative mining leans towards the background by a logit or more
     biases_trained = bool(margins) and float(np.mean(margins)) > BACKGROUND_MARGIN
-    return {"heads": heads, "heads_from_weights": from_weights, "head_biases_trained": biases_trained,
-            "mean_background_bias_margin": float(np.mean(margins)) if margins else None}
+    return {
+        "heads": heads,
+        "heads_from_weights": from_weights,
+        "head_biases_trained": biases_trained,
+        "mean_background_bias_margin": float(np.mean(margins)) if margins else None,
+    }

@@ -32,7 +32,6 @@ def coco_mini_dir(shared_dir: Path) -> Path:
     return shared_dir / "datasets" / "coco-mini"
 
 
-
 @pytest.fixture(scope="session")
 def demo_run(repo_root: Path, tmp_path_factory) -> Path:
     """The whole default workflow (the demo), run once per session in a copy of the checkout."""

@@ -13,7 +13,10 @@ def run_python(code: str, cwd: Path | None = None, timeout: float = 300) -> subp
     """Run a Python snippet in a fresh interpreter: a Caffe CHECK failure aborts only that process."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -50,11 +50,7 @@ def expected_label_rows(data: dict, image_id: int, crowd: str = "difficult") -> 
     image = next(image for image in data["images"] if image["id"] == image_id)
     width, height = image["width"], image["height"]
     annotations = sorted(
-        (
-            a
-            for a in data["annotations"]
-            if a["image_id"] == image_id and not (crowd == "drop" and a["iscrowd"])
-        ),
+        (a for a in data["annotations"] if a["image_id"] == image_id and not (crowd == "drop" and a["iscrowd"])),
         key=lambda a: (label_of[a["category_id"]], a["id"]),
     )
     rows = []

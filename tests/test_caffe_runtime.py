@@ -17,8 +17,19 @@ caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-
 from caffe.proto import caffe_pb2  # noqa: E402
 
 SSD_LAYER_TYPES = [
-    "AnnotatedData", "PriorBox", "MultiBoxLoss", "DetectionOutput", "DetectionEvaluate",
-    "Permute", "Normalize", "ReLU6", "Flatten", "Concat", "BatchNorm", "Scale", "Convolution",
+    "AnnotatedData",
+    "PriorBox",
+    "MultiBoxLoss",
+    "DetectionOutput",
+    "DetectionEvaluate",
+    "Permute",
+    "Normalize",
+    "ReLU6",
+    "Flatten",
+    "Concat",
+    "BatchNorm",
+    "Scale",
+    "Convolution",
 ]
 
 
@@ -48,11 +59,14 @@ def test_caffe_tool_runs():
 
 
 def test_relu6_forward_backward_equal_numpy(tmp_path):
-    net_file = write(tmp_path / "relu6.prototxt", """
+    net_file = write(
+        tmp_path / "relu6.prototxt",
+        """
         force_backward: true
         layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 5 } } }
         layer { name: "y" type: "ReLU6" bottom: "x" top: "y" }
-    """)
+    """,
+    )
     net = caffe.Net(str(net_file), caffe.TRAIN)
     rng = np.random.default_rng(0)
     x = rng.uniform(-4, 10, size=(2, 3, 4, 5)).astype(np.float32)
@@ -114,7 +128,7 @@ def tiny_ssd_batch() -> tuple[np.ndarray, np.ndarray]:
     label = np.zeros((1, 1, 4, 8), np.float32)
     for item in range(4):
         x0, y0 = 4 + 8 * (item % 2), 4 + 8 * (item // 2)
-        data[item, item % 3, y0:y0 + 12, x0:x0 + 12] += 1.0
+        data[item, item % 3, y0 : y0 + 12, x0 : x0 + 12] += 1.0
         label[0, 0, item] = [item, 1 + item % 2, 0, x0 / 32, y0 / 32, (x0 + 12) / 32, (y0 + 12) / 32, 0]
     return data, label
 
@@ -122,8 +136,16 @@ def tiny_ssd_batch() -> tuple[np.ndarray, np.ndarray]:
 def tiny_solver(tmp_path: Path, **overrides) -> Path:
     net = write(tmp_path / "tiny_ssd.prototxt", TINY_SSD)
     solver = caffe_pb2.SolverParameter(
-        net=str(net), base_lr=0.05, lr_policy="fixed", momentum=0.9, weight_decay=0.0005,
-        max_iter=40, display=0, snapshot=0, snapshot_prefix=str(tmp_path / "tiny"), random_seed=7,
+        net=str(net),
+        base_lr=0.05,
+        lr_policy="fixed",
+        momentum=0.9,
+        weight_decay=0.0005,
+        max_iter=40,
+        display=0,
+        snapshot=0,
+        snapshot_prefix=str(tmp_path / "tiny"),
+        random_seed=7,
         solver_mode=caffe_pb2.SolverParameter.CPU,
     )
     for key, value in overrides.items():
@@ -177,11 +199,21 @@ def test_caffe_train_weights_are_really_loaded(tmp_path):
             blob.data[...] = rng.normal(size=blob.data.shape)
     weights = tmp_path / "given.caffemodel"
     given.save(str(weights))
-    solver = caffe_pb2.SolverParameter(net=str(net_file), base_lr=0.0, lr_policy="fixed", max_iter=1,
-                                       snapshot_prefix=str(tmp_path / "run"), solver_mode=caffe_pb2.SolverParameter.CPU)
+    solver = caffe_pb2.SolverParameter(
+        net=str(net_file),
+        base_lr=0.0,
+        lr_policy="fixed",
+        max_iter=1,
+        snapshot_prefix=str(tmp_path / "run"),
+        solver_mode=caffe_pb2.SolverParameter.CPU,
+    )
     solver_file = write(tmp_path / "solver.prototxt", text_format.MessageToString(solver))
-    result = subprocess.run(["caffe", "train", f"--solver={solver_file}", f"--weights={weights}"],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        ["caffe", "train", f"--solver={solver_file}", f"--weights={weights}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     trained = caffe.Net(str(net_file), str(tmp_path / "run_iter_1.caffemodel"), caffe.TEST)
     for name in ("conv", "fc"):
@@ -189,12 +221,15 @@ def test_caffe_train_weights_are_really_loaded(tmp_path):
 
 
 def test_priorbox_without_clip_does_not_clip(tmp_path):
-    net_file = write(tmp_path / "priors.prototxt", """
+    net_file = write(
+        tmp_path / "priors.prototxt",
+        """
         layer { name: "feature" type: "Input" top: "feature" input_param { shape { dim: 1 dim: 1 dim: 2 dim: 2 } } }
         layer { name: "image" type: "Input" top: "image" input_param { shape { dim: 1 dim: 3 dim: 100 dim: 100 } } }
         layer { name: "priors" type: "PriorBox" bottom: "feature" bottom: "image" top: "priors"
                 prior_box_param { min_size: 90 variance: 0.1 } }
-    """)
+    """,
+    )
     net = caffe.Net(str(net_file), caffe.TEST)
     net.forward()
     boxes = net.blobs["priors"].data[0, 0].reshape(-1, 4)
@@ -205,7 +240,8 @@ def test_two_multibox_forwards_without_backward_do_not_abort(tmp_path):
     """Stock: the second forward reuses the first one's matches and aborts on `match_index[p] < gt_bboxes.size()`."""
     eight_label_rows = TINY_SSD.replace("dim: 1 dim: 1 dim: 4 dim: 8", "dim: 1 dim: 1 dim: 8 dim: 8")
     net_file = write(tmp_path / "tiny_ssd.prototxt", eight_label_rows)
-    result = run_python(f"""
+    result = run_python(
+        f"""
         import numpy as np, caffe
         from tests.test_caffe_runtime import tiny_ssd_batch
         net = caffe.Net({str(net_file)!r}, caffe.TRAIN)
@@ -221,19 +257,24 @@ def test_two_multibox_forwards_without_backward_do_not_abort(tmp_path):
         net.backward()
         assert np.isfinite(losses).all() and losses[1] == losses[2], losses
         print("ok")
-    """, cwd=Path(__file__).parents[1])
+    """,
+        cwd=Path(__file__).parents[1],
+    )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 
 
 def sampler_net(tmp_path: Path, lmdb_path: Path, scale: float, aspect_ratio: tuple[float, float]) -> Path:
-    return write(tmp_path / "sampler.prototxt", f"""
+    return write(
+        tmp_path / "sampler.prototxt",
+        f"""
         layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label" include {{ phase: TRAIN }}
           data_param {{ source: "{lmdb_path}" batch_size: 1 backend: LMDB }}
           annotated_data_param {{
             batch_sampler {{ sampler {{ min_scale: {scale!r} max_scale: {scale!r}
                                        min_aspect_ratio: {aspect_ratio[0]!r} max_aspect_ratio: {aspect_ratio[1]!r} }}
                             max_sample: 1 max_trials: 1 }} }} }}
-    """)
+    """,
+    )
 
 
 @pytest.mark.parametrize("case", ["side rounds past 1", "ratio range reversed"])
@@ -251,7 +292,8 @@ def test_batch_sampling_a_le_b_crash_is_fixed(tmp_path, coco_mini_dir, case):
     lmdb_path = tmp_path / "one_lmdb"
     write_annotated_lmdb(lmdb_path, [(jpeg, 640, 480, [(1, 0.1, 0.2, 0.6, 0.9)])])
     net_file = sampler_net(tmp_path, lmdb_path, scale, ratios)
-    result = run_python(f"""
+    result = run_python(
+        f"""
         import caffe
         net = caffe.Net({str(net_file)!r}, caffe.TRAIN)
         for _ in range(20):
@@ -260,6 +302,8 @@ def test_batch_sampling_a_le_b_crash_is_fixed(tmp_path, coco_mini_dir, case):
             boxes = label.reshape(-1, 8)[:, 3:7]
             assert ((boxes >= 0) & (boxes <= 1)).all() or (label == -1).all(), label
         print("ok", net.blobs["data"].data.shape)
-    """, cwd=Path(__file__).parents[1])
+    """,
+        cwd=Path(__file__).parents[1],
+    )
     assert "a <= b" not in result.stderr
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

@@ -33,8 +33,11 @@ def _coco_mini(coco_mini_dir):
 
 def test_ground_truth_as_detections_scores_ap_1_for_every_class(coco_mini_dir):
     gt = json.loads(_coco_mini(coco_mini_dir).read_text())
-    detections = [{"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"], "score": 1.0}
-                  for ann in gt["annotations"] if not ann.get("iscrowd", 0)]
+    detections = [
+        {"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"], "score": 1.0}
+        for ann in gt["annotations"]
+        if not ann.get("iscrowd", 0)
+    ]
     metrics = score_detections(_coco_mini(coco_mini_dir), detections)
     assert metrics["stats"]["AP"] == pytest.approx(1.0)
     assert metrics["stats"]["AP50"] == pytest.approx(1.0)
@@ -52,10 +55,10 @@ def test_halving_the_detections_of_one_class_lowers_only_its_ap(coco_mini_dir):
             continue
         x, y, w, h = ann["bbox"]
         bbox = [x, y, w / 2, h] if ann["category_id"] == 1 else [x, y, w, h]  # IoU 0.5 boxes for persons
-        detections.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": bbox,
-                           "score": 0.9})
-    per_class = {row["category_id"]: row for row in score_detections(_coco_mini(coco_mini_dir),
-                                                                      detections)["per_class"]}
+        detections.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": bbox, "score": 0.9})
+    per_class = {
+        row["category_id"]: row for row in score_detections(_coco_mini(coco_mini_dir), detections)["per_class"]
+    }
     assert per_class[1]["AP"] < 0.2
     assert per_class[3]["AP"] == pytest.approx(1.0)
 
@@ -66,12 +69,15 @@ def test_no_detections_scores_zero(coco_mini_dir):
     assert metrics["num_detections"] == 0
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"image_id": 999999999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}, "image_id 999999999"),
-    ({"image_id": 9, "category_id": 12, "bbox": [0, 0, 1, 1], "score": 0.5}, "category_id 12"),
-    ({"image_id": 9, "category_id": 1, "bbox": [0, 0, 1], "score": 0.5}, "4 finite numbers"),
-    ({"image_id": 9, "category_id": 1, "score": 0.5}, "needs image_id"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"image_id": 999999999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}, "image_id 999999999"),
+        ({"image_id": 9, "category_id": 12, "bbox": [0, 0, 1, 1], "score": 0.5}, "category_id 12"),
+        ({"image_id": 9, "category_id": 1, "bbox": [0, 0, 1], "score": 0.5}, "4 finite numbers"),
+        ({"image_id": 9, "category_id": 1, "score": 0.5}, "needs image_id"),
+    ],
+)
 def test_a_bad_detection_is_named_in_one_line(coco_mini_dir, bad, message):
     good = {"image_id": 9, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}
     with pytest.raises(CocoEvalError, match="detection 1") as error:
@@ -81,8 +87,9 @@ def test_a_bad_detection_is_named_in_one_line(coco_mini_dir, bad, message):
 
 
 def test_metrics_are_written_as_json_and_csv(coco_mini_dir, tmp_path):
-    metrics = score_detections(_coco_mini(coco_mini_dir), [
-        {"image_id": 9, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}])
+    metrics = score_detections(
+        _coco_mini(coco_mini_dir), [{"image_id": 9, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}]
+    )
     metrics["detection_eval"] = 0.25
     write_metrics(metrics, tmp_path / "m.json", tmp_path / "m.csv", tmp_path / "per_class.csv")
     assert json.loads((tmp_path / "m.json").read_text())["detection_eval"] == 0.25

@@ -25,8 +25,10 @@ def needs_cuda_build(test):
     for mark in (
         pytest.mark.slow,
         pytest.mark.cuda_build,
-        pytest.mark.skipif(os.environ.get("SSDLITE_TEST_CUDA_BUILD") != "1",
-                           reason="a CUDA build of Caffe takes 10+ minutes: set SSDLITE_TEST_CUDA_BUILD=1 to run it"),
+        pytest.mark.skipif(
+            os.environ.get("SSDLITE_TEST_CUDA_BUILD") != "1",
+            reason="a CUDA build of Caffe takes 10+ minutes: set SSDLITE_TEST_CUDA_BUILD=1 to run it",
+        ),
         pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (the CUDA toolkit) is not on PATH"),
     ):
         test = mark(test)
@@ -49,7 +51,12 @@ def cuda_prefix(tmp_path_factory) -> Path:
     env = dict(os.environ, SSDLITE_CAFFE_CACHE=str(cache))
     result = subprocess.run(
         [sys.executable, "-m", "ssdlite_coco.caffe_build", "--device", "cuda", "--print-prefix", "--jobs", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=3 * 3600)
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3 * 3600,
+    )
     assert result.returncode == 0, result.stderr[-6000:]
     prefix = Path(result.stdout.strip().splitlines()[-1])
     assert prefix.name.startswith("cuda-")
@@ -58,8 +65,9 @@ def cuda_prefix(tmp_path_factory) -> Path:
 
 @needs_cuda_build
 def test_libcaffe_links_the_cuda_runtime_and_libraries(cuda_prefix):
-    dynamic = subprocess.run(["readelf", "-d", str(cuda_prefix / "lib" / "libcaffe.so")],
-                             capture_output=True, text=True, check=True).stdout
+    dynamic = subprocess.run(
+        ["readelf", "-d", str(cuda_prefix / "lib" / "libcaffe.so")], capture_output=True, text=True, check=True
+    ).stdout
     needed = [line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
     for library in ("libcudart.so", "libcublas.so", "libcurand.so"):
         assert any(name.startswith(library) for name in needed), f"{library} not in NEEDED: {needed}"
@@ -67,17 +75,27 @@ def test_libcaffe_links_the_cuda_runtime_and_libraries(cuda_prefix):
 
 @needs_cuda_build
 def test_relu6_has_real_gpu_code_and_the_cpu_only_layers_fall_back(cuda_prefix):
-    symbols = subprocess.run(["nm", "-DC", "--defined-only", str(cuda_prefix / "lib" / "libcaffe.so")],
-                             capture_output=True, text=True, check=True).stdout
+    symbols = subprocess.run(
+        ["nm", "-DC", "--defined-only", str(cuda_prefix / "lib" / "libcaffe.so")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for layer in ("ReLU6Layer", "HardSwishLayer", "UpsampleLayer", "ProposalLayer"):
         for dtype in ("float", "double"):
             assert f"caffe::{layer}<{dtype}>::Forward_gpu" in symbols, (layer, dtype)
             assert f"caffe::{layer}<{dtype}>::Backward_gpu" in symbols, (layer, dtype)
     # ReLU6 and depthwise convolution run their own kernels (their host stubs are local symbols)
-    local = subprocess.run(["nm", "-C", str(cuda_prefix / "lib" / "libcaffe.so")],
-                           capture_output=True, text=True, check=True).stdout
-    for kernel in ("ReLU6Forward", "ReLU6Backward", "DepthwiseConvForward", "DepthwiseConvBackwardData",
-                   "DepthwiseConvBackwardWeight"):
+    local = subprocess.run(
+        ["nm", "-C", str(cuda_prefix / "lib" / "libcaffe.so")], capture_output=True, text=True, check=True
+    ).stdout
+    for kernel in (
+        "ReLU6Forward",
+        "ReLU6Backward",
+        "DepthwiseConvForward",
+        "DepthwiseConvBackwardData",
+        "DepthwiseConvBackwardWeight",
+    ):
         assert f"__device_stub__ZN5caffe{len(kernel)}{kernel}IfE" in local, kernel
 
 
@@ -100,12 +118,19 @@ def test_gpu_mode_without_a_gpu_fails_with_one_clear_line(cuda_prefix):
         pytest.skip("this machine has a GPU")
     if json.loads((cuda_prefix / "manifest.json").read_text())["layer_types"] is None:
         pytest.skip("the CUDA pycaffe does not import on this machine")
-    env = dict(os.environ, PYTHONPATH=f"{cuda_prefix / 'python'}{os.pathsep}{REPO}",
-               SSDLITE_CAFFE_PREFIX=str(cuda_prefix), GLOG_minloglevel="2")
-    code = ("from ssdlite_coco.training import TrainingError, select_device\n"
-            "try:\n    select_device('cuda')\nexcept TrainingError as error:\n    print('error:', error)\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=120)
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{cuda_prefix / 'python'}{os.pathsep}{REPO}",
+        SSDLITE_CAFFE_PREFIX=str(cuda_prefix),
+        GLOG_minloglevel="2",
+    )
+    code = (
+        "from ssdlite_coco.training import TrainingError, select_device\n"
+        "try:\n    select_device('cuda')\nexcept TrainingError as error:\n    print('error:', error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("error: train.device is cuda but ")
     assert "set train.device: cpu" in result.stdout

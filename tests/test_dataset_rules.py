@@ -107,9 +107,7 @@ def test_local_source_links_a_coco_copy(repo_root, coco_mini_dir, tmp_path):
         "instances": str(coco_mini_dir / "annotations" / "instances_mini.json"),
         "images": str(coco_mini_dir / "images"),
     }
-    result = snakemake(
-        repo_root, tmp_path / "wf", {"source": "local", "local": {"trainval": split, "test": split}}
-    )
+    result = snakemake(repo_root, tmp_path / "wf", {"source": "local", "local": {"trainval": split, "test": split}})
     assert result.returncode == 0, result.stderr
     images = tmp_path / "wf" / "results" / "data" / "trainval" / "images"
     assert images.is_symlink() and images.resolve() == (coco_mini_dir / "images").resolve()
@@ -128,15 +126,11 @@ def test_local_source_problems_are_named(repo_root, coco_mini_dir, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"images": [], "annotations": []}))
     split = {"instances": str(bad), "images": str(coco_mini_dir / "images")}
-    result = snakemake(
-        repo_root, tmp_path / "wf", {"source": "local", "local": {"trainval": split, "test": split}}
-    )
+    result = snakemake(repo_root, tmp_path / "wf", {"source": "local", "local": {"trainval": split, "test": split}})
     assert result.returncode != 0
     # both splits use the bad file; whichever job Snakemake ran first failed and stopped the run
     logs = sorted((tmp_path / "wf" / "logs" / "dataset").glob("local_*.log"))
-    expected = (
-        f"error: {bad}: no 'categories' list; a COCO instances file has images, annotations and categories"
-    )
+    expected = f"error: {bad}: no 'categories' list; a COCO instances file has images, annotations and categories"
     assert logs and all(log.read_text().strip() == expected for log in logs)
     assert not list((tmp_path / "wf" / "results" / "data").glob("*/instances.json"))
 

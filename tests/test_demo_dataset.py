@@ -72,9 +72,7 @@ def test_splits_are_valid_coco_with_distinct_image_ids(default_splits):
 def test_the_hard_cases_of_real_coco_are_present(default_splits):
     for out in default_splits.values():
         data = json.loads((out / "instances.json").read_text())
-        modes = {
-            image["id"]: Image.open(out / "images" / image["file_name"]).mode for image in data["images"]
-        }
+        modes = {image["id"]: Image.open(out / "images" / image["file_name"]).mode for image in data["images"]}
         assert set(modes.values()) == {"RGB", "L"}
         assert 0.05 <= sum(mode == "L" for mode in modes.values()) / len(modes) <= 0.2
         annotated = {a["image_id"] for a in data["annotations"]}
@@ -87,9 +85,7 @@ def test_the_hard_cases_of_real_coco_are_present(default_splits):
         for (x, y, w, h), (width, height) in boxes:
             assert 0 <= x and 0 <= y and x + w <= width and y + h <= height and w > 0 and h > 0
         touching = [
-            b
-            for b, (width, height) in boxes
-            if b[0] == 0 or b[1] == 0 or b[0] + b[2] == width or b[1] + b[3] == height
+            b for b, (width, height) in boxes if b[0] == 0 or b[1] == 0 or b[0] + b[2] == width or b[1] + b[3] == height
         ]
         assert len(touching) >= len(data["images"]) / 8
         sides = np.array([min(b[2], b[3]) for b, _ in boxes])
@@ -117,13 +113,7 @@ def test_annotations_match_the_drawn_objects(default_splits):
             assert abs(cols[0] - x) <= 2 and abs(rows[0] - y) <= 2
             assert abs(cols[-1] + 1 - (x + w)) <= 2 and abs(rows[-1] + 1 - (y + h)) <= 2
             if not gray and not annotation["iscrowd"] and min(w, h) >= 40:
-                inner = (
-                    mask
-                    & np.roll(mask, 3, 0)
-                    & np.roll(mask, -3, 0)
-                    & np.roll(mask, 3, 1)
-                    & np.roll(mask, -3, 1)
-                )
+                inner = mask & np.roll(mask, 3, 0) & np.roll(mask, -3, 0) & np.roll(mask, 3, 1) & np.roll(mask, -3, 1)
                 colour = pixels[inner].mean(axis=0)
                 assert np.abs(colour - COLORS[annotation["category_id"]]).max() < 40
                 checked += 1

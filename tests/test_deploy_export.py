@@ -56,8 +56,15 @@ def test_folded_and_unfolded_nets_give_the_same_detections_on_real_images(world_
     folded = export_deploy(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
     assert [layer.convolution for layer in folded] == ["conv1", "conv2", "conv3", "conv4"]
     transform = transform_settings(world.test_net)
-    check = check_folding(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel",
-                          world.test_images[:6], transform["mean"], transform["scale"])
+    check = check_folding(
+        world.deploy_net,
+        weights,
+        tmp_path / "folded.prototxt",
+        tmp_path / "folded.caffemodel",
+        world.test_images[:6],
+        transform["mean"],
+        transform["scale"],
+    )
     assert check["max_abs_difference"] < 1e-4, check
     assert set(check["per_blob"]) >= {"mbox_loc", "mbox_conf_flatten", "detection_out"}
     assert check["detections"] > 0  # the comparison covers real detections
@@ -77,40 +84,61 @@ def test_folding_changes_the_outputs_when_a_statistic_is_dropped(world_and_weigh
     broken.params["conv1"][1].data[...] += 0.5
     broken.save(str(tmp_path / "broken.caffemodel"))
     transform = transform_settings(world.test_net)
-    check = check_folding(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "broken.caffemodel",
-                          world.test_images[:2], transform["mean"], transform["scale"])
+    check = check_folding(
+        world.deploy_net,
+        weights,
+        tmp_path / "folded.prototxt",
+        tmp_path / "broken.caffemodel",
+        world.test_images[:2],
+        transform["mean"],
+        transform["scale"],
+    )
     assert check["max_abs_difference"] > 1e-2
 
 
 def test_a_batchnorm_whose_input_is_also_used_elsewhere_is_not_folded():
     net = caffe_pb2.NetParameter()
-    text_format.Parse("""
+    text_format.Parse(
+        """
         layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
         layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
                 convolution_param { num_output: 2 kernel_size: 1 } }
         layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "bn" }
         layer { name: "sum" type: "Eltwise" bottom: "bn" bottom: "conv" top: "sum" }
-    """, net)
-    params = {"conv": [np.ones((2, 3, 1, 1), np.float32), np.zeros(2, np.float32)],
-              "bn": [np.zeros(2, np.float32), np.ones(2, np.float32), np.ones(1, np.float32)]}
+    """,
+        net,
+    )
+    params = {
+        "conv": [np.ones((2, 3, 1, 1), np.float32), np.zeros(2, np.float32)],
+        "bn": [np.zeros(2, np.float32), np.ones(2, np.float32), np.ones(1, np.float32)],
+    }
     folded_net, folded_params, folded = fold_batchnorm(net, params)
-    assert folded == [] and [layer.type for layer in folded_net.layer] == ["Input", "Convolution", "BatchNorm",
-                                                                           "Eltwise"]
+    assert folded == [] and [layer.type for layer in folded_net.layer] == [
+        "Input",
+        "Convolution",
+        "BatchNorm",
+        "Eltwise",
+    ]
     assert set(folded_params) == {"conv", "bn"}
 
 
 def test_fold_arithmetic_matches_batchnorm_and_scale():
     net = caffe_pb2.NetParameter()
-    text_format.Parse("""
+    text_format.Parse(
+        """
         layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
                 convolution_param { num_output: 2 kernel_size: 1 bias_term: false } }
         layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" batch_norm_param { eps: 0.001 } }
         layer { name: "scale" type: "Scale" bottom: "conv" top: "conv" scale_param { bias_term: true } }
-    """, net)
+    """,
+        net,
+    )
     weight = np.array([[[[2.0]]], [[[3.0]]]], np.float32)
-    params = {"conv": [weight],
-              "bn": [np.array([2.0, 4.0], np.float32), np.array([8.0, 2.0], np.float32), np.array([2.0], np.float32)],
-              "scale": [np.array([1.5, 0.5], np.float32), np.array([0.1, -0.2], np.float32)]}
+    params = {
+        "conv": [weight],
+        "bn": [np.array([2.0, 4.0], np.float32), np.array([8.0, 2.0], np.float32), np.array([2.0], np.float32)],
+        "scale": [np.array([1.5, 0.5], np.float32), np.array([0.1, -0.2], np.float32)],
+    }
     _, folded_params, folded = fold_batchnorm(net, params)
     assert len(folded) == 1
     new_weight, new_bias = folded_params["conv"]
@@ -127,12 +155,34 @@ def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tm
     for path in world.test_images:
         (images / path.name).symlink_to(path)
     out = tmp_path / "deploy"
-    result = subprocess.run([
-        sys.executable, str(REPO / "scripts" / "export_deploy.py"), "--deploy-net", str(world.deploy_net),
-        "--weights", str(weights), "--test-net", str(world.test_net), "--instances", str(world.test_instances),
-        "--images", str(images), "--check-images", "4", "--out-prototxt", str(out / "deploy.prototxt"),
-        "--out-weights", str(out / "deploy.caffemodel"), "--check-json", str(out / "fold_check.json"),
-    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "export_deploy.py"),
+            "--deploy-net",
+            str(world.deploy_net),
+            "--weights",
+            str(weights),
+            "--test-net",
+            str(world.test_net),
+            "--instances",
+            str(world.test_instances),
+            "--images",
+            str(images),
+            "--check-images",
+            "4",
+            "--out-prototxt",
+            str(out / "deploy.prototxt"),
+            "--out-weights",
+            str(out / "deploy.caffemodel"),
+            "--check-json",
+            str(out / "fold_check.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads((out / "fold_check.json").read_text())
     assert check["max_abs_difference"] < 1e-4 and len(check["images"]) == 4
@@ -148,13 +198,32 @@ def test_export_of_weights_for_another_net_fails_in_one_line(world_and_weights, 
     other = tmp_path / "other.prototxt"
     other.write_text(deploy_net_text(num_classes=7))
     caffe.Net(str(other), caffe.TEST).save(str(tmp_path / "other.caffemodel"))
-    result = subprocess.run([
-        sys.executable, str(REPO / "scripts" / "export_deploy.py"), "--deploy-net", str(world.deploy_net),
-        "--weights", str(tmp_path / "other.caffemodel"), "--test-net", str(world.test_net),
-        "--instances", str(world.test_instances), "--images", str(tmp_path),
-        "--out-prototxt", str(tmp_path / "d.prototxt"), "--out-weights", str(tmp_path / "d.caffemodel"),
-        "--check-json", str(tmp_path / "c.json"),
-    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "export_deploy.py"),
+            "--deploy-net",
+            str(world.deploy_net),
+            "--weights",
+            str(tmp_path / "other.caffemodel"),
+            "--test-net",
+            str(world.test_net),
+            "--instances",
+            str(world.test_instances),
+            "--images",
+            str(tmp_path),
+            "--out-prototxt",
+            str(tmp_path / "d.prototxt"),
+            "--out-weights",
+            str(tmp_path / "d.caffemodel"),
+            "--check-json",
+            str(tmp_path / "c.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "shape mismatch" in result.stderr
     assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "c.json").exists()
@@ -164,13 +233,35 @@ def test_the_generated_mobilenetv2_ssdlite_deploy_net_folds_to_the_same_outputs(
     """The real architecture: 76 chains (with depthwise convolutions) folded, outputs compared on real images."""
     world, _ = world_and_weights
     model = tmp_path / "model"
-    result = subprocess.run([
-        sys.executable, str(REPO / "scripts" / "make_model.py"), "--model-config", '{"augmentation": false}',
-        "--labelmap", str(world.labelmap), "--name-size", str(world.test_name_size),
-        "--test-instances", str(world.test_instances), "--out-train", str(model / "train.prototxt"),
-        "--out-test", str(model / "test.prototxt"), "--out-deploy", str(model / "deploy.prototxt"),
-        "--out-solver", str(model / "solver.prototxt"), "--config-out", str(model / "config.json"), "--no-check",
-    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_model.py"),
+            "--model-config",
+            '{"augmentation": false}',
+            "--labelmap",
+            str(world.labelmap),
+            "--name-size",
+            str(world.test_name_size),
+            "--test-instances",
+            str(world.test_instances),
+            "--out-train",
+            str(model / "train.prototxt"),
+            "--out-test",
+            str(model / "test.prototxt"),
+            "--out-deploy",
+            str(model / "deploy.prototxt"),
+            "--out-solver",
+            str(model / "solver.prototxt"),
+            "--config-out",
+            str(model / "config.json"),
+            "--no-check",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     net = caffe.Net(str(model / "deploy.prototxt"), caffe.TEST)  # fillers' weights (msra, xavier)
     rng = np.random.default_rng(11)
@@ -186,11 +277,19 @@ def test_the_generated_mobilenetv2_ssdlite_deploy_net_folds_to_the_same_outputs(
                 blobs[1].data[...] = rng.normal(0, 0.1, blobs[1].data.shape)
     weights = tmp_path / "mobilenetv2_ssdlite.caffemodel"
     net.save(str(weights))
-    folded = export_deploy(model / "deploy.prototxt", weights, tmp_path / "folded.prototxt",
-                           tmp_path / "folded.caffemodel")
+    folded = export_deploy(
+        model / "deploy.prototxt", weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel"
+    )
     assert len(folded) >= 70
     transform = transform_settings(model / "test.prototxt")
-    check = check_folding(model / "deploy.prototxt", weights, tmp_path / "folded.prototxt",
-                          tmp_path / "folded.caffemodel", world.test_images[:2], transform["mean"], transform["scale"])
+    check = check_folding(
+        model / "deploy.prototxt",
+        weights,
+        tmp_path / "folded.prototxt",
+        tmp_path / "folded.caffemodel",
+        world.test_images[:2],
+        transform["mean"],
+        transform["scale"],
+    )
     assert check["max_abs_difference"] < 1e-4, check["per_blob"]
     assert check["layers_after"] < check["layers_before"] - 140

@@ -37,21 +37,32 @@ def trained(tmp_path_factory, coco_mini_dir):
     folder = tmp_path_factory.mktemp("tiny")
     world = make_tiny_world(folder, coco_mini_dir, max_iter=150, test_interval=1000)
     weights = folder / "out" / "final.caffemodel"
-    train(TrainSettings(solver=world.solver, weights_out=weights, log_csv_out=folder / "out" / "log.csv",
-                        snapshot_root=folder / "snapshots", snapshot_interval=150), log=lambda message: None)
+    train(
+        TrainSettings(
+            solver=world.solver,
+            weights_out=weights,
+            log_csv_out=folder / "out" / "log.csv",
+            snapshot_root=folder / "snapshots",
+            snapshot_interval=150,
+        ),
+        log=lambda message: None,
+    )
     return world, weights
 
 
 def test_rows_become_coco_detections_in_pixels_with_ids_from_the_name_size_file():
     sizes = [(42, 480, 640), (7, 100, 200)]
     categories = {1: 1, 2: 3}  # label -> COCO category id
-    rows = np.array([
-        [0, 1, 0.9, 0.1, 0.2, 0.5, 0.6],     # image 42
-        [1, 2, 0.8, -0.1, 0.5, 0.5, 1.2],    # image 7, clipped to the image
-        [1, 5, 0.7, 0.1, 0.1, 0.2, 0.2],     # label without a category: dropped
-        [2, 1, 0.6, 0.1, 0.1, 0.2, 0.2],     # item past the last image (wrapped batch): dropped
-        [-1, -1, -1, -1, -1, -1, -1],        # "no detection" row
-    ], dtype=np.float32).reshape(1, 1, -1, 7)
+    rows = np.array(
+        [
+            [0, 1, 0.9, 0.1, 0.2, 0.5, 0.6],  # image 42
+            [1, 2, 0.8, -0.1, 0.5, 0.5, 1.2],  # image 7, clipped to the image
+            [1, 5, 0.7, 0.1, 0.1, 0.2, 0.2],  # label without a category: dropped
+            [2, 1, 0.6, 0.1, 0.1, 0.2, 0.2],  # item past the last image (wrapped batch): dropped
+            [-1, -1, -1, -1, -1, -1, -1],  # "no detection" row
+        ],
+        dtype=np.float32,
+    ).reshape(1, 1, -1, 7)
     detections = to_coco_detections(rows, 0, sizes, categories)
     assert len(detections) == 2
     first, second = detections
@@ -84,10 +95,20 @@ def test_compute_ap_11point_by_hand():
 
 def test_detection_eval_counts_every_listed_class_like_caffe():
     accumulator = DetectionEvalAccumulator()
-    accumulator.add(np.array([
-        [-1, 1, 2, -1, -1], [-1, 2, 1, -1, -1], [-1, 3, 0, -1, -1],
-        [0, 1, 0.9, 1, 0], [0, 1, 0.5, 1, 0], [0, 2, 0.4, 0, 1], [0, 2, 0.3, 0, 0],  # (0, 0): ignored
-    ], dtype=np.float32))
+    accumulator.add(
+        np.array(
+            [
+                [-1, 1, 2, -1, -1],
+                [-1, 2, 1, -1, -1],
+                [-1, 3, 0, -1, -1],
+                [0, 1, 0.9, 1, 0],
+                [0, 1, 0.5, 1, 0],
+                [0, 2, 0.4, 0, 1],
+                [0, 2, 0.3, 0, 0],  # (0, 0): ignored
+            ],
+            dtype=np.float32,
+        )
+    )
     aps = accumulator.per_label_ap()
     assert aps == {1: pytest.approx(1.0), 2: 0.0}
     assert accumulator.mean_ap() == pytest.approx(1.0 / 3)  # label 3 has no row but counts, as in Caffe
@@ -102,19 +123,34 @@ def test_largest_divisor_keeps_every_image_seen_once():
 def test_detection_eval_equals_the_one_caffe_train_prints(trained, tmp_path):
     """Our mAP from the DetectionEvaluate rows == the `detection_eval` of Solver::TestDetection."""
     world, weights = trained
-    result = run_test_net(world.test_net, weights, world.test_lmdb, world.test_name_size, world.labelmap,
-                          max_batch=4, log=lambda message: None)
+    result = run_test_net(
+        world.test_net,
+        weights,
+        world.test_lmdb,
+        world.test_name_size,
+        world.labelmap,
+        max_batch=4,
+        log=lambda message: None,
+    )
     assert result.num_images == 12 and result.detections
     solver = tmp_path / "solver.prototxt"
     # display 0: with display on, Solve() runs one more TRAIN forward (updating the BatchNorm statistics)
     # between the last update and its final test
-    solver.write_text(solver_text(world.train_net, world.test_net, tmp_path / "snap", max_iter=0, test_iter=3,
-                                  test_interval=1).replace("display: 10", "display: 0"))
-    run = subprocess.run(["caffe", "train", f"--solver={solver}", f"--weights={weights}"],
-                         capture_output=True, text=True, cwd=tmp_path, env=caffe_logs_env(), timeout=300)
+    solver.write_text(
+        solver_text(
+            world.train_net, world.test_net, tmp_path / "snap", max_iter=0, test_iter=3, test_interval=1
+        ).replace("display: 10", "display: 0")
+    )
+    run = subprocess.run(
+        ["caffe", "train", f"--solver={solver}", f"--weights={weights}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=caffe_logs_env(),
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    caffe_values = [row["detection_eval"] for row in parse_caffe_log(run.stderr)
-                    if not np.isnan(row["detection_eval"])]
+    caffe_values = [row["detection_eval"] for row in parse_caffe_log(run.stderr) if not np.isnan(row["detection_eval"])]
     assert len(caffe_values) == 1
     assert result.detection_eval > 0  # some true positives, or the comparison would be vacuous
     assert result.detection_eval == pytest.approx(caffe_values[0], rel=1e-5, abs=1e-6)
@@ -122,8 +158,15 @@ def test_detection_eval_equals_the_one_caffe_train_prints(trained, tmp_path):
 
 def test_detections_carry_the_coco_ids_of_the_test_images(trained):
     world, weights = trained
-    result = run_test_net(world.test_net, weights, world.test_lmdb, world.test_name_size, world.labelmap,
-                          max_batch=8, log=lambda message: None)
+    result = run_test_net(
+        world.test_net,
+        weights,
+        world.test_lmdb,
+        world.test_name_size,
+        world.labelmap,
+        max_batch=8,
+        log=lambda message: None,
+    )
     ids = {image_id for image_id, _, _ in read_image_sizes(world.test_name_size)}
     sizes = {image_id: (height, width) for image_id, height, width in read_image_sizes(world.test_name_size)}
     assert {det["image_id"] for det in result.detections} <= ids
@@ -151,10 +194,23 @@ def test_weights_for_another_net_are_refused_when_strict(trained, tmp_path):
     foreign_weights = tmp_path / "foreign.caffemodel"
     foreign.save(str(foreign_weights))
     with pytest.raises(DetectionError, match="does not fill 2 layers"):
-        run_test_net(world.test_net, foreign_weights, world.test_lmdb, world.test_name_size, world.labelmap,
-                     log=lambda message: None)
-    lenient = run_test_net(world.test_net, foreign_weights, world.test_lmdb, world.test_name_size, world.labelmap,
-                           strict=False, log=lambda message: None)
+        run_test_net(
+            world.test_net,
+            foreign_weights,
+            world.test_lmdb,
+            world.test_name_size,
+            world.labelmap,
+            log=lambda message: None,
+        )
+    lenient = run_test_net(
+        world.test_net,
+        foreign_weights,
+        world.test_lmdb,
+        world.test_name_size,
+        world.labelmap,
+        strict=False,
+        log=lambda message: None,
+    )
     assert sum(row.status == "shape mismatch" for row in lenient.copied) == 2
 
 
@@ -165,12 +221,32 @@ def test_missing_name_size_file_is_named(tmp_path):
 
 
 def _check_weights(world, weights, out):
-    return subprocess.run([
-        sys.executable, str(REPO / "scripts" / "check_weights.py"), "--test-net", str(world.test_net),
-        "--weights", str(weights), "--lmdb", str(world.test_lmdb), "--name-size", str(world.test_name_size),
-        "--labelmap", str(world.labelmap), "--instances", str(world.test_instances),
-        "--report-json", str(out / "check.json"), "--report-csv", str(out / "check.csv"),
-    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "check_weights.py"),
+            "--test-net",
+            str(world.test_net),
+            "--weights",
+            str(weights),
+            "--lmdb",
+            str(world.test_lmdb),
+            "--name-size",
+            str(world.test_name_size),
+            "--labelmap",
+            str(world.labelmap),
+            "--instances",
+            str(world.test_instances),
+            "--report-json",
+            str(out / "check.json"),
+            "--report-csv",
+            str(out / "check.csv"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_weights_check_tells_trained_from_untrained_heads(trained, tmp_path):

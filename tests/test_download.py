@@ -66,9 +66,7 @@ def test_full_download_and_extraction(server, mirror, coco_mini_dir, tmp_path):
         assert count == len(expected["images"])
         assert json.loads((out / "instances.json").read_text()) == expected
         validate_dataset(out / "instances.json", out / "images", sample=len(expected["images"]))
-        assert sorted(os.listdir(out / "images")) == sorted(
-            image["file_name"] for image in expected["images"]
-        )
+        assert sorted(os.listdir(out / "images")) == sorted(image["file_name"] for image in expected["images"])
         for image in expected["images"][:10]:
             name = image["file_name"]
             assert (out / "images" / name).read_bytes() == (coco_mini_dir / "images" / name).read_bytes()
@@ -138,11 +136,7 @@ def test_checksum_mismatch_is_clear_and_leaves_nothing_valid_looking(server, mir
     with pytest.raises(DownloadError) as error:
         download_file(server.url(path), dest, sha1=wrong, progress=False)
     message = str(error.value)
-    assert (
-        "SHA-1 mismatch" in message
-        and wrong in message
-        and mirror["sha1"]["annotations_trainval2017"] in message
-    )
+    assert "SHA-1 mismatch" in message and wrong in message and mirror["sha1"]["annotations_trainval2017"] in message
     assert server.url(path) in message
     assert list(tmp_path.iterdir()) == []
 
@@ -226,9 +220,7 @@ def test_subset_fetches_images_through_coco_url(server, mirror, coco_mini_dir, t
     assert sorted(image_requests) == sorted(f"/train2017/{image['file_name']}" for image in data["images"])
     # A second run (e.g. after the outputs were deleted) takes the images from the cache.
     out2 = tmp_path / "again"
-    fetch_subset(
-        annotations_zip, "train2017", 12, 7, cache, out2 / "instances.json", out2 / "images", progress=False
-    )
+    fetch_subset(annotations_zip, "train2017", 12, 7, cache, out2 / "instances.json", out2 / "images", progress=False)
     assert (out2 / "instances.json").read_bytes() == (out / "instances.json").read_bytes()
     assert len([path for path, _ in server.requests if path.startswith("/train2017/")]) == 12
 

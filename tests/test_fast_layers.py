@@ -34,9 +34,7 @@ def _net(tmp_path: Path, inputs: dict[str, tuple[int, ...]], layers: str, phase=
     text = "force_backward: true\n"
     for name, shape in inputs.items():
         dims = " ".join(f"dim: {d}" for d in shape)
-        text += (
-            f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {dims} }} }} }}\n'
-        )
+        text += f'layer {{ name: "{name}" type: "Input" top: "{name}" input_param {{ shape {{ {dims} }} }} }}\n'
     text += layers
     path = tmp_path / "net.prototxt"
     path.write_text(text)
@@ -83,9 +81,7 @@ def bn_backward_ref(x: np.ndarray, dy: np.ndarray, eps: float) -> np.ndarray:
     axes = (0,) + tuple(range(2, x.ndim))
     y = bn_forward_ref(x, eps)
     var = ((x - x.mean(axis=axes, keepdims=True)) ** 2).mean(axis=axes, keepdims=True)
-    return (dy - dy.mean(axis=axes, keepdims=True) - (dy * y).mean(axis=axes, keepdims=True) * y) / np.sqrt(
-        var + eps
-    )
+    return (dy - dy.mean(axis=axes, keepdims=True) - (dy * y).mean(axis=axes, keepdims=True) * y) / np.sqrt(var + eps)
 
 
 def test_batchnorm_reference_matches_finite_differences():
@@ -231,8 +227,7 @@ def test_relu6_forward_backward(tmp_path, count, slope):
     net = _net(
         tmp_path,
         {"x": shape},
-        f'layer {{ name: "r" type: "ReLU6" bottom: "x" top: "y" '
-        f"relu6_param {{ negative_slope: {slope} }} }}\n",
+        f'layer {{ name: "r" type: "ReLU6" bottom: "x" top: "y" relu6_param {{ negative_slope: {slope} }} }}\n',
     )
     rng = np.random.default_rng(5)
     x = rng.uniform(-8, 8, shape).astype(np.float32)
@@ -339,9 +334,7 @@ def test_depthwise_3x3_forward_backward(tmp_path, case, engine):
     y = _run(net, {"x": x}, "y", dy)
     assert y.shape == expected.shape
     _close(y, expected)
-    dx, dw, db = conv_grads_ref(
-        x.astype(np.float64), w.astype(np.float32), dy.astype(np.float64), stride, pad, c
-    )
+    dx, dw, db = conv_grads_ref(x.astype(np.float64), w.astype(np.float32), dy.astype(np.float64), stride, pad, c)
     _close(net.blobs["x"].diff, dx)
     _close(net.params["dw"][0].diff, dw)
     if bias:

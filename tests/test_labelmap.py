@@ -107,9 +107,7 @@ def test_make_labelmap_cli_writes_labelmap_and_name_sizes(repo_root, coco_mini_d
     test_json.write_text(json.dumps({**data, "images": test_images[::-1]}))
     done, out = run_make_labelmap(repo_root, tmp_path, coco_mini_dir / MINI_JSON, test_json)
     assert done.returncode == 0, done.stderr
-    assert (
-        out["labelmap.prototxt"].read_text() == (upstream / "weiliu89-ssd-coco-labelmap.prototxt").read_text()
-    )
+    assert out["labelmap.prototxt"].read_text() == (upstream / "weiliu89-ssd-coco-labelmap.prototxt").read_text()
     rows = read_name_size(out["trainval.txt"])
     assert rows == sorted((image["id"], image["height"], image["width"]) for image in data["images"])
     assert len(rows) == 128
@@ -141,9 +139,7 @@ def test_make_labelmap_refuses_a_file_that_is_not_coco(coco_mini_dir, tmp_path):
     not_coco = tmp_path / "list.json"
     not_coco.write_text(json.dumps([{"image": "a.jpg", "boxes": []}]))
     out = tmp_path / "out"
-    with pytest.raises(
-        CocoFileError, match=r"list\.json: top level is a JSON list; expected a COCO instances"
-    ):
+    with pytest.raises(CocoFileError, match=r"list\.json: top level is a JSON list; expected a COCO instances"):
         make_labelmap({"trainval": coco_mini_dir / MINI_JSON, "test": not_coco}, out / "labelmap.prototxt",
                       {"trainval": out / "a.txt", "test": out / "b.txt"})  # fmt: skip
     assert not out.exists() or not any(out.iterdir())

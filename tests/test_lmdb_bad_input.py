@@ -178,7 +178,5 @@ def test_no_half_written_lmdb_after_a_failure(coco_mini_dir, tmp_path):
     (images / data["images"][-1]["file_name"]).unlink()
     out = tmp_path / "out"
     with pytest.raises(LmdbBuildError, match="is missing"):
-        build_lmdb(
-            instances, images, labelmap, out / "lmdb", out / "report.json", BuildOptions(progress=False)
-        )
+        build_lmdb(instances, images, labelmap, out / "lmdb", out / "report.json", BuildOptions(progress=False))
     assert list(out.iterdir()) == []

@@ -45,8 +45,7 @@ def test_stats_equal_the_annotation_file(built, coco_mini_dir, tmp_path):
     boxes = collections.Counter(names[a["category_id"]] for a in mini["annotations"])
     crowd = collections.Counter(names[a["category_id"]] for a in mini["annotations"] if a["iscrowd"])
     images = collections.Counter(
-        names[category_id]
-        for _, category_id in {(a["image_id"], a["category_id"]) for a in mini["annotations"]}
+        names[category_id] for _, category_id in {(a["image_id"], a["category_id"]) for a in mini["annotations"]}
     )
     with (tmp_path / "trainval_check" / "stats.csv").open() as stream:
         rows = list(csv.DictReader(stream))
@@ -136,6 +135,4 @@ def test_check_cli(repo_root, built, tmp_path):
     ]
     command[command.index("--lmdb") + 1] = str(tmp_path / "nowhere")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert (
-        done.returncode == 1 and done.stderr.startswith("error: ") and "build the LMDB first" in done.stderr
-    )
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and "build the LMDB first" in done.stderr

@@ -69,11 +69,7 @@ def test_make_divisible_is_mobilenetv2_rounding():
 def test_folded_91_class_deploy_equals_the_published_net(tmp_path, shared_dir):
     upstream = caffe.Net(str(shared_dir / UPSTREAM), caffe.TEST)
     ours = instantiate(tmp_path, build_net(ModelOptions(num_classes=91, backbone_bn="folded"), "deploy"))
-    assert (
-        ours.blobs["mbox_priorbox"].data.shape[2] // 4
-        == upstream.blobs["mbox_priorbox"].data.shape[2] // 4
-        == 1917
-    )
+    assert ours.blobs["mbox_priorbox"].data.shape[2] // 4 == upstream.blobs["mbox_priorbox"].data.shape[2] // 4 == 1917
     assert num_priors(ModelOptions(num_classes=91)) == 1917
     assert ours.outputs == upstream.outputs == ["detection_out"]
     for blob in ("mbox_loc", "mbox_conf", "mbox_priorbox", "mbox_conf_flatten", "detection_out"):
@@ -85,9 +81,7 @@ def test_folded_91_class_deploy_equals_the_published_net(tmp_path, shared_dir):
     # The priors themselves (sizes, ratios, variances) are identical.
     ours.forward()
     upstream.forward()
-    np.testing.assert_allclose(
-        ours.blobs["mbox_priorbox"].data, upstream.blobs["mbox_priorbox"].data, atol=1e-6
-    )
+    np.testing.assert_allclose(ours.blobs["mbox_priorbox"].data, upstream.blobs["mbox_priorbox"].data, atol=1e-6)
 
 
 @pytest.mark.parametrize("backbone_bn", ["explicit", "folded"])
@@ -129,9 +123,7 @@ def test_shapes_priors_and_channels(tmp_path, width, size, classes, maps, priors
 
 
 def test_width_shrinks_the_net(tmp_path):
-    counts = [
-        learnable(instantiate(tmp_path, build_net(ModelOptions(width=w), "deploy"))) for w in (1.0, 0.75, 0.5)
-    ]
+    counts = [learnable(instantiate(tmp_path, build_net(ModelOptions(width=w), "deploy"))) for w in (1.0, 0.75, 0.5)]
     assert counts[0] > counts[1] > counts[2]
 
 
@@ -156,9 +148,7 @@ def test_explicit_and_folded_backbone_batch_norm():
 @pytest.mark.parametrize("activation", ["relu6", "relu"])
 def test_depthwise_are_grouped_caffe_engine_convolutions(activation):
     net = build_net(ModelOptions(activation=activation), "deploy")
-    grouped = [
-        layer for layer in net.layer if layer.type == "Convolution" and layer.convolution_param.group > 1
-    ]
+    grouped = [layer for layer in net.layer if layer.type == "Convolution" and layer.convolution_param.group > 1]
     assert len(grouped) == 17 + 4 + 12  # 17 blocks, 4 extra layers, 12 head convolutions
     for layer in grouped:
         param = layer.convolution_param
@@ -236,15 +226,10 @@ def test_augmentation_emission():
     assert transform.emit_constraint.emit_type == caffe_pb2.EmitConstraint.CENTER
     samplers = data.annotated_data_param.batch_sampler
     assert len(samplers) == 7
-    assert [s.sample_constraint.min_jaccard_overlap for s in samplers[1:6]] == pytest.approx(
-        [0.1, 0.3, 0.5, 0.7, 0.9]
-    )
+    assert [s.sample_constraint.min_jaccard_overlap for s in samplers[1:6]] == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
     assert samplers[6].sample_constraint.max_jaccard_overlap == 1.0
     test_data = build_net(options, "test").layer[0]  # the test net is never augmented
-    assert (
-        not test_data.transform_param.HasField("distort_param")
-        and not test_data.annotated_data_param.batch_sampler
-    )
+    assert not test_data.transform_param.HasField("distort_param") and not test_data.annotated_data_param.batch_sampler
     off = build_net(ModelOptions(augmentation=False), "train").layer[0]
     assert not off.transform_param.HasField("distort_param") and not off.transform_param.mirror
 
@@ -268,9 +253,7 @@ def test_num_classes_from_the_labelmap(model_data):
 
 
 def test_solver_settings():
-    rms = build_solver(
-        SolverOptions(type="RMSProp", lr_policy="multistep", steps=[5, 9]), "a", "b", test_iter=3
-    )
+    rms = build_solver(SolverOptions(type="RMSProp", lr_policy="multistep", steps=[5, 9]), "a", "b", test_iter=3)
     assert not rms.HasField("momentum") and rms.rms_decay == pytest.approx(0.9)
     assert list(rms.stepvalue) == [5, 9] and list(rms.test_iter) == [3] and rms.eval_type == "detection"
     step = build_solver(SolverOptions(lr_policy="step", steps=[7]), "a", None, device="cuda")
@@ -392,8 +375,9 @@ def test_make_model_script_refuses_too_few_classes(tmp_path, model_data):
 def test_bn_moving_average_fraction_reaches_every_batchnorm():
     net = build_net(ModelOptions(num_classes=4, bn_moving_average_fraction=0.99), "train")
     batch_norms = [layer for layer in net.layer if layer.type == "BatchNorm"]
-    assert batch_norms and all(layer.batch_norm_param.moving_average_fraction == pytest.approx(0.99)
-                               for layer in batch_norms)
+    assert batch_norms and all(
+        layer.batch_norm_param.moving_average_fraction == pytest.approx(0.99) for layer in batch_norms
+    )
     default = build_net(ModelOptions(num_classes=4), "train")
     assert not any(layer.batch_norm_param.HasField("moving_average_fraction") for layer in default.layer)
     with pytest.raises(ModelError, match="bn_moving_average_fraction must be in"):

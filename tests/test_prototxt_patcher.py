@@ -77,9 +77,7 @@ def test_upstream_deploy_patched_to_81_classes_instantiates(tmp_path, upstream):
     assert layer(patched, "conv_13/expand_mbox_loc").convolution_param.num_output == 12  # boxes untouched
     assert list(layer(patched, "mbox_conf_reshape").reshape_param.shape.dim) == [0, -1, 81]
     assert layer(patched, "detection_out").detection_output_param.num_classes == 81
-    grouped = [
-        item for item in patched.layer if item.type == "Convolution" and item.convolution_param.group > 1
-    ]
+    grouped = [item for item in patched.layer if item.type == "Convolution" and item.convolution_param.group > 1]
     assert len(grouped) == 33
     assert all(item.convolution_param.engine == caffe_pb2.ConvolutionParameter.CAFFE for item in grouped)
     path = tmp_path / "deploy.prototxt"
@@ -205,11 +203,7 @@ def test_solver_paths_test_iter_and_snapshot_prefix(upstream):
     assert warnings == ["solver.prototxt: had no test_interval; set to 5000"]
     test_solver = parse_prototxt(upstream["solver_test"], caffe_pb2.SolverParameter())
     patched, warnings = patch_solver(test_solver, "t.prototxt", "v.prototxt", 4, "s", where="solver_test")
-    assert (
-        patched.test_interval == 10000
-        and list(patched.test_iter) == [4]
-        and patched.train_net == "t.prototxt"
-    )
+    assert patched.test_interval == 10000 and list(patched.test_iter) == [4] and patched.train_net == "t.prototxt"
     assert any("max_iter is 0" in warning for warning in warnings)
 
 
@@ -284,9 +278,7 @@ def test_refuses_an_unparseable_file(tmp_path):
 
 def test_refuses_disagreeing_class_counts(upstream):
     net = copy.deepcopy(deploy_net(upstream))
-    test_layer = net.layer.add(
-        name="detection_eval", type="DetectionEvaluate", bottom=["detection_out", "label"]
-    )
+    test_layer = net.layer.add(name="detection_eval", type="DetectionEvaluate", bottom=["detection_out", "label"])
     test_layer.detection_evaluate_param.num_classes = 81
     message = refuse(net)
     assert "layer 'detection_eval' (DetectionEvaluate): num_classes 81 disagrees with 91" in message
@@ -296,9 +288,8 @@ def test_refuses_conf_heads_that_do_not_match_the_class_count(upstream):
     def edit(net):
         layer(net, "Conv_1_mbox_conf").convolution_param.num_output = 500
 
-    assert (
-        "layer 'Conv_1_mbox_conf' (Convolution): num_output 500 is not a multiple of the net's 91"
-        in refuse(edited(upstream, edit))
+    assert "layer 'Conv_1_mbox_conf' (Convolution): num_output 500 is not a multiple of the net's 91" in refuse(
+        edited(upstream, edit)
     )
 
 
@@ -315,9 +306,8 @@ def test_refuses_an_unknown_layer_on_the_score_path(upstream):
     def edit(net):
         layer(net, "mbox_conf_sigmoid").type = "TanH"
 
-    assert (
-        "layer 'mbox_conf_sigmoid' (TanH): it feeds 'detection_out' but the patcher follows only"
-        in refuse(edited(upstream, edit))
+    assert "layer 'mbox_conf_sigmoid' (TanH): it feeds 'detection_out' but the patcher follows only" in refuse(
+        edited(upstream, edit)
     )
 
 
@@ -334,18 +324,14 @@ def test_refuses_a_net_without_ssd_layers(upstream):
     def edit(net):
         del net.layer[-1]  # detection_out
 
-    assert "net: has no MultiBoxLoss or DetectionOutput layer: not an SSD net" in refuse(
-        edited(upstream, edit)
-    )
+    assert "net: has no MultiBoxLoss or DetectionOutput layer: not an SSD net" in refuse(edited(upstream, edit))
 
 
 def test_refuses_unshared_box_offsets(upstream):
     def edit(net):
         layer(net, "detection_out").detection_output_param.share_location = False
 
-    assert "layer 'detection_out' (DetectionOutput): share_location is false" in refuse(
-        edited(upstream, edit)
-    )
+    assert "layer 'detection_out' (DetectionOutput): share_location is false" in refuse(edited(upstream, edit))
 
 
 def test_refuses_layer_types_this_caffe_lacks(upstream):
@@ -368,9 +354,7 @@ def test_refuses_data_layer_problems(upstream):
     train_without_data.layer.add(
         name="mbox_loss", type="MultiBoxLoss", bottom=["mbox_loc", "mbox_conf", "mbox_priorbox", "label"]
     ).multibox_loss_param.num_classes = 91
-    assert "needs exactly one AnnotatedData layer in phase TRAIN, found 0" in refuse(
-        train_without_data, "train"
-    )
+    assert "needs exactly one AnnotatedData layer in phase TRAIN, found 0" in refuse(train_without_data, "train")
     plain_data = copy.deepcopy(train_without_data)
     plain_data.layer.insert(0, caffe_pb2.LayerParameter(name="data", type="Data", top=["data", "label"]))
     assert "layer 'data' (Data): a Data layer gives no boxes" in refuse(plain_data, "train")

@@ -21,14 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture()
 def inputs(tmp_path, coco_mini_dir):
-    rows = [{"iteration": i, "loss": 10 * 0.98**i, "learning_rate": 0.01 if i < 50 else 0.001,
-             "detection_eval": np.nan} for i in range(100)]
+    rows = [
+        {"iteration": i, "loss": 10 * 0.98**i, "learning_rate": 0.01 if i < 50 else 0.001, "detection_eval": np.nan}
+        for i in range(100)
+    ]
     rows += [{"iteration": i, "loss": np.nan, "learning_rate": np.nan, "detection_eval": i / 1000} for i in (50, 100)]
     write_log_csv(rows, tmp_path / "train_log.csv")
     instances = coco_mini_dir / "annotations" / "instances_mini.json"
     gt = json.loads(instances.read_text())
-    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.8}
-                  for a in gt["annotations"] if not a.get("iscrowd", 0)]
+    detections = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.8}
+        for a in gt["annotations"]
+        if not a.get("iscrowd", 0)
+    ]
     (tmp_path / "detections.json").write_text(json.dumps(detections))
     metrics = score_detections(instances, detections)
     metrics["detection_eval"] = 0.125
@@ -43,8 +48,9 @@ def test_figures_are_drawn(inputs):
     detection_grid(folder / "detections.json", instances, images, folder / "detections.jpg", num_images=6)
     with Image.open(folder / "loss.png") as loss:
         assert loss.format == "PNG" and loss.width > 400
-    detection_grid(folder / "detections.json", instances, images, folder / "none.jpg", num_images=6,
-                   score_threshold=0.9)  # every detection scores 0.8: nothing drawn
+    detection_grid(
+        folder / "detections.json", instances, images, folder / "none.jpg", num_images=6, score_threshold=0.9
+    )  # every detection scores 0.8: nothing drawn
 
     def red_pixels(path):
         with Image.open(path) as grid:
@@ -59,11 +65,26 @@ def test_figures_are_drawn(inputs):
 
 def test_plot_report_script_and_a_missing_input(inputs, tmp_path):
     folder, instances, images = inputs
-    command = [sys.executable, str(REPO / "scripts" / "plot_report.py"), "--train-log", str(folder / "train_log.csv"),
-               "--metrics", str(folder / "metrics.json"), "--detections", str(folder / "detections.json"),
-               "--instances", str(instances), "--images", str(images), "--loss-png", str(tmp_path / "out/loss.png"),
-               "--metrics-html", str(tmp_path / "out/metrics.html"),
-               "--detections-image", str(tmp_path / "out/detections.jpg")]
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "plot_report.py"),
+        "--train-log",
+        str(folder / "train_log.csv"),
+        "--metrics",
+        str(folder / "metrics.json"),
+        "--detections",
+        str(folder / "detections.json"),
+        "--instances",
+        str(instances),
+        "--images",
+        str(images),
+        "--loss-png",
+        str(tmp_path / "out/loss.png"),
+        "--metrics-html",
+        str(tmp_path / "out/metrics.html"),
+        "--detections-image",
+        str(tmp_path / "out/detections.jpg"),
+    ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr

@@ -82,8 +82,14 @@ def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_d
     world = make_tiny_world(tmp_path / "tiny", coco_mini_dir, max_iter=40, test_interval=20)
     solver = world.solver
     solver.write_text(solver.read_text().replace("display: 10", "display: 1"))
-    run = subprocess.run(["caffe", "train", f"--solver={solver}"], capture_output=True, text=True, cwd=tmp_path,
-                         env=caffe_logs_env(), timeout=300)
+    run = subprocess.run(
+        ["caffe", "train", f"--solver={solver}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=caffe_logs_env(),
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     (tmp_path / "train.log").write_text(run.stderr)
     count = caffe_log_to_csv(tmp_path / "train.log", tmp_path / "train_log.csv")

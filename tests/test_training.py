@@ -45,8 +45,13 @@ def world(tmp_path_factory, coco_mini_dir):
 
 
 def settings_for(world, out: Path, **overrides) -> TrainSettings:
-    values = dict(solver=world.solver, weights_out=out / "final.caffemodel", log_csv_out=out / "train_log.csv",
-                  snapshot_root=out / "snapshots", snapshot_interval=10)
+    values = dict(
+        solver=world.solver,
+        weights_out=out / "final.caffemodel",
+        log_csv_out=out / "train_log.csv",
+        snapshot_root=out / "snapshots",
+        snapshot_interval=10,
+    )
     values.update(overrides)
     return TrainSettings(**values)
 
@@ -95,14 +100,33 @@ def test_a_second_run_resumes_from_the_final_snapshot_without_training_again(wor
 def test_training_killed_with_sigkill_resumes_from_its_newest_snapshot(world, tmp_path):
     """Kill a real run after its first snapshot; the next run continues from that iteration, not from 0."""
     solver = tmp_path / "solver.prototxt"
-    solver.write_text(solver_text(world.train_net, world.test_net, tmp_path / "unused", max_iter=100000,
-                                  test_iter=3, test_interval=100000))
+    solver.write_text(
+        solver_text(
+            world.train_net, world.test_net, tmp_path / "unused", max_iter=100000, test_iter=3, test_interval=100000
+        )
+    )
     out = tmp_path / "out"
-    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--solver", str(solver),
-               "--weights-out", str(out / "final.caffemodel"), "--log-csv", str(out / "train_log.csv"),
-               "--snapshot-root", str(out / "snapshots"), "--snapshot-interval", "10"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"))
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "--solver",
+        str(solver),
+        "--weights-out",
+        str(out / "final.caffemodel"),
+        "--log-csv",
+        str(out / "train_log.csv"),
+        "--snapshot-root",
+        str(out / "snapshots"),
+        "--snapshot-interval",
+        "10",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"),
+    )
     try:
         deadline = time.monotonic() + 120
         pointers: list[Path] = []
@@ -122,17 +146,31 @@ def test_training_killed_with_sigkill_resumes_from_its_newest_snapshot(world, tm
     assert snapshot_iter >= 10 and snapshot_iter % 10 == 0
 
     # same net, solver settings and weights: only max_iter differs, so the snapshot is reused
-    solver.write_text(solver_text(world.train_net, world.test_net, tmp_path / "unused",
-                                  max_iter=snapshot_iter + 5, test_iter=3, test_interval=100000))
+    solver.write_text(
+        solver_text(
+            world.train_net,
+            world.test_net,
+            tmp_path / "unused",
+            max_iter=snapshot_iter + 5,
+            test_iter=3,
+            test_interval=100000,
+        )
+    )
     messages: list[str] = []
-    summary = train(TrainSettings(solver=solver, weights_out=out / "final.caffemodel",
-                                  log_csv_out=out / "train_log.csv", snapshot_root=out / "snapshots",
-                                  snapshot_interval=10), log=messages.append)
+    summary = train(
+        TrainSettings(
+            solver=solver,
+            weights_out=out / "final.caffemodel",
+            log_csv_out=out / "train_log.csv",
+            snapshot_root=out / "snapshots",
+            snapshot_interval=10,
+        ),
+        log=messages.append,
+    )
     assert summary["resumed_from"] == snapshot_iter
     assert summary["start_iteration"] == snapshot_iter != 0
     assert summary["final_iteration"] == snapshot_iter + 5
-    assert any("resuming from snapshot" in message and f"iteration {snapshot_iter}" in message
-               for message in messages)
+    assert any("resuming from snapshot" in message and f"iteration {snapshot_iter}" in message for message in messages)
     log = pd.read_csv(out / "train_log.csv").dropna(subset=["loss"])
     assert list(log.iteration) == list(range(snapshot_iter + 5))  # the killed run's rows up to the snapshot
 
@@ -141,10 +179,13 @@ def test_initial_weights_are_copied_by_name_with_a_table_of_mismatches(world, tm
     # weights of a net for 6 classes (other conf heads) with one layer this net does not have
     # (Input-layer nets: two nets reading one LMDB at once abort in Caffe's DataReader)
     other = tmp_path / "other_train.prototxt"
-    other.write_text(deploy_net_text(num_classes=6) + """
+    other.write_text(
+        deploy_net_text(num_classes=6)
+        + """
 layer { name: "extra" type: "Convolution" bottom: "conv4" top: "extra"
   convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "xavier" } } }
-""")
+"""
+    )
     source = caffe.Net(str(other), caffe.TEST)
     rng = np.random.default_rng(0)
     for blobs in source.params.values():
@@ -205,9 +246,21 @@ def test_cuda_on_a_cpu_build_fails_with_one_clear_line():
 
 def test_train_script_reports_a_missing_solver_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train.py"), "--solver", str(tmp_path / "nope.prototxt"),
-         "--weights-out", str(tmp_path / "w.caffemodel"), "--log-csv", str(tmp_path / "log.csv")],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train.py"),
+            "--solver",
+            str(tmp_path / "nope.prototxt"),
+            "--weights-out",
+            str(tmp_path / "w.caffemodel"),
+            "--log-csv",
+            str(tmp_path / "log.csv"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "nope.prototxt" in result.stderr and "Traceback" not in result.stderr
@@ -218,6 +271,14 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(world, tmp_path):
     solver = tmp_path / "solver.prototxt"
     solver.write_text(world.solver.read_text().replace("base_lr: 0.01", "base_lr: 1e9"))
     with pytest.raises(TrainingError, match="lower base_lr"):
-        train(TrainSettings(solver=solver, weights_out=tmp_path / "w.caffemodel", log_csv_out=tmp_path / "l.csv",
-                            snapshot_root=tmp_path / "snapshots", snapshot_interval=10), log=lambda message: None)
+        train(
+            TrainSettings(
+                solver=solver,
+                weights_out=tmp_path / "w.caffemodel",
+                log_csv_out=tmp_path / "l.csv",
+                snapshot_root=tmp_path / "snapshots",
+                snapshot_interval=10,
+            ),
+            log=lambda message: None,
+        )
     assert not (tmp_path / "w.caffemodel").exists()

@@ -73,8 +73,9 @@ def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
 
 
 def test_demo_reaches_its_expected_map(demo_run):
-    metrics = check_outputs_are_well_formed(demo_run, max_iter=yaml.safe_load(
-        (demo_run / "config/config.yaml").read_text())["solver"]["max_iter"])
+    metrics = check_outputs_are_well_formed(
+        demo_run, max_iter=yaml.safe_load((demo_run / "config/config.yaml").read_text())["solver"]["max_iter"]
+    )
     fold = json.loads((demo_run / "results/deploy/fold_check.json").read_text())
     assert fold["max_abs_difference"] < 1e-4, fold  # trained: folding changes the head outputs by < 1e-4
     ap50 = metrics["stats"]["AP50"]

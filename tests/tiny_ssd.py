@@ -127,17 +127,21 @@ layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label" include {{ 
 
 
 def test_net_text(lmdb: Path, name_size: Path, batch: int = 4) -> str:
-    return f"""name: "tiny_ssd_test"
+    return (
+        f"""name: "tiny_ssd_test"
 layer {{ name: "data" type: "AnnotatedData" top: "data" top: "label" include {{ phase: TEST }}
   transform_param {{ {TRANSFORM} }}
   data_param {{ source: "{lmdb}" batch_size: {batch} backend: LMDB }}
   annotated_data_param {{ batch_sampler {{ }} }} }}
-""" + _body_and_heads("test") + f"""
+"""
+        + _body_and_heads("test")
+        + f"""
 layer {{ name: "detection_eval" type: "DetectionEvaluate" bottom: "detection_out" bottom: "label"
   top: "detection_eval" include {{ phase: TEST }}
   detection_evaluate_param {{ num_classes: {NUM_CLASSES} background_label_id: 0 overlap_threshold: 0.5
     evaluate_difficult_gt: false name_size_file: "{name_size}" }} }}
 """
+    )
 
 
 def deploy_net_text(num_classes: int = NUM_CLASSES) -> str:
@@ -146,8 +150,14 @@ layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 d
 """ + _body_and_heads("deploy", num_classes)
 
 
-def solver_text(train_net: Path, test_net: Path, snapshot_prefix: Path, max_iter: int = 40,
-                test_iter: int = 3, test_interval: int = 20) -> str:
+def solver_text(
+    train_net: Path,
+    test_net: Path,
+    snapshot_prefix: Path,
+    max_iter: int = 40,
+    test_iter: int = 3,
+    test_interval: int = 20,
+) -> str:
     return f"""train_net: "{train_net}"
 test_net: "{test_net}"
 test_iter: {test_iter}
@@ -191,8 +201,14 @@ def _records(images: list[dict], annotations: dict[int, list[dict]], images_dir:
     return records
 
 
-def make_tiny_world(folder: Path, coco_mini_dir: Path, num_train: int = 24, num_test: int = 12,
-                    max_iter: int = 40, test_interval: int = 20) -> TinyWorld:
+def make_tiny_world(
+    folder: Path,
+    coco_mini_dir: Path,
+    num_train: int = 24,
+    num_test: int = 12,
+    max_iter: int = 40,
+    test_interval: int = 20,
+) -> TinyWorld:
     from ssdlite_coco.labelmap import format_labelmap, format_name_size, labelmap_from_categories
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -220,8 +236,9 @@ def make_tiny_world(folder: Path, coco_mini_dir: Path, num_train: int = 24, num_
     test_ids = {img["id"] for img in test_images}
     instances = {
         "images": test_images,
-        "annotations": [ann for ann in data["annotations"]
-                        if ann["image_id"] in test_ids and ann["category_id"] in CATEGORIES],
+        "annotations": [
+            ann for ann in data["annotations"] if ann["image_id"] in test_ids and ann["category_id"] in CATEGORIES
+        ],
         "categories": categories,
     }
     test_instances = folder / "test_instances.json"
@@ -232,7 +249,26 @@ def make_tiny_world(folder: Path, coco_mini_dir: Path, num_train: int = 24, num_
     test_net.write_text(test_net_text(test_lmdb, test_name_size))
     deploy_net.write_text(deploy_net_text())
     solver = folder / "solver.prototxt"
-    solver.write_text(solver_text(train_net, test_net, folder / "caffe_snapshot", max_iter=max_iter,
-                                  test_iter=num_test // 4, test_interval=test_interval))
-    return TinyWorld(folder, labelmap, train_lmdb, test_lmdb, test_name_size, test_instances, train_net, test_net,
-                     deploy_net, solver, [images_dir / img["file_name"] for img in test_images])
+    solver.write_text(
+        solver_text(
+            train_net,
+            test_net,
+            folder / "caffe_snapshot",
+            max_iter=max_iter,
+            test_iter=num_test // 4,
+            test_interval=test_interval,
+        )
+    )
+    return TinyWorld(
+        folder,
+        labelmap,
+        train_lmdb,
+        test_lmdb,
+        test_name_size,
+        test_instances,
+        train_net,
+        test_net,
+        deploy_net,
+        solver,
+        [images_dir / img["file_name"] for img in test_images],
+    )
