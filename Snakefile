@@ -23,7 +23,7 @@ os.environ.update(
     ),
 )
 
-from ssdlite_coco.config_check import ConfigError, validate_config
+from ssdlite_coco.common.config import ConfigError, validate_config
 
 try:
     config.update(

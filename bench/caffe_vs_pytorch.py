@@ -3,7 +3,7 @@
     SSDLITE_PYTHON=/tmp/venv/bin/python scripts/with-caffe python bench/caffe_vs_pytorch.py \
         [--baseline-prefix /path/to/stock/caffe/prefix] [--threads 2] [--rounds 7]
 
-The nets come from ``ssdlite_coco.model_generator`` (explicit BatchNorm + Scale, ReLU6, 81 classes, 300x300):
+The nets come from ``ssdlite_coco.model.nets`` (explicit BatchNorm + Scale, ReLU6, 81 classes, 300x300):
 the train net with its data layer replaced by Input blobs (random images, three random boxes per image),
 solved by SGD, and the deploy net without DetectionOutput. The PyTorch net is translated layer by layer from
 the same NetParameter (BatchNorm + Scale become one affine BatchNorm2d) and its parameter count is checked
@@ -41,7 +41,7 @@ def write_nets(out_dir: Path, train_batch: int) -> dict:
     """train.prototxt, solver.prototxt, deploy.prototxt and layers.json (for the PyTorch translation)."""
     from caffe.proto import caffe_pb2
 
-    from ssdlite_coco.model_generator import ModelOptions, build_net, net_to_text
+    from ssdlite_coco.model.nets import ModelOptions, build_net, net_to_text
 
     options = ModelOptions(
         num_classes=NUM_CLASSES,

@@ -1,4 +1,4 @@
-"""Time the project's COCO evaluation (``ssdlite_coco.coco_eval.score_detections``) on a val2017-sized set.
+"""Time the project's COCO evaluation (``ssdlite_coco.evaluate.coco_scoring.score_detections``) on a val2017-sized set.
 
     /tmp/venv/bin/python bench/coco_eval_time.py [--images 5000] [--detections-per-image 100] [--repeats 3]
 
@@ -24,7 +24,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ssdlite_coco.coco_eval import score_detections  # noqa: E402
+from ssdlite_coco.evaluate.coco_scoring import score_detections  # noqa: E402
 
 CATEGORIES = [
     1,

@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from ssdlite_coco.labelmap import format_labelmap, labelmap_from_categories  # noqa: E402
-from ssdlite_coco.lmdb_writer import BuildOptions, build_lmdb  # noqa: E402
+from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb  # noqa: E402
 
 SHARED_DIR = REPO_ROOT.parent / "shared"
 

@@ -3,8 +3,8 @@
 import glob
 import json
 
-from ssdlite_coco.coco2017 import ARCHIVE_PATHS, SPLIT_TO_COCO, archive_url
-from ssdlite_coco.resources import rule_resources, rule_threads
+from ssdlite_coco.dataset.coco2017 import ARCHIVE_PATHS, SPLIT_TO_COCO, archive_url
+from ssdlite_coco.common.resources import rule_resources, rule_threads
 
 DATASET = config["dataset"]
 DATASET_SPLITS = "trainval|test"

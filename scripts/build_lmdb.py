@@ -4,9 +4,9 @@
 import argparse
 import sys
 
-from ssdlite_coco.coco_records import CROWD_POLICIES, CocoFileError
 from ssdlite_coco.labelmap import LabelmapError
-from ssdlite_coco.lmdb_writer import BAD_RECORD_POLICIES, BuildOptions, LmdbBuildError, build_lmdb
+from ssdlite_coco.lmdb.records import CROWD_POLICIES, CocoFileError
+from ssdlite_coco.lmdb.writer import BAD_RECORD_POLICIES, BuildOptions, LmdbBuildError, build_lmdb
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from ssdlite_coco.coco_dataset import DatasetError, summarize, validate_dataset
+from ssdlite_coco.dataset.coco_json import DatasetError, summarize, validate_dataset
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -4,9 +4,9 @@
 import argparse
 import sys
 
-from ssdlite_coco.coco_records import CocoFileError
 from ssdlite_coco.labelmap import LabelmapError
-from ssdlite_coco.lmdb_check import LmdbCheckError, check_lmdb
+from ssdlite_coco.lmdb.check import LmdbCheckError, check_lmdb
+from ssdlite_coco.lmdb.records import CocoFileError
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -34,11 +34,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ssdlite_coco.atomic import atomic_write_text
-    from ssdlite_coco.coco_eval import CocoEvalError, evaluate_test_split
-    from ssdlite_coco.detections import DetectionError, read_net
-    from ssdlite_coco.training import TrainingError, select_device
-    from ssdlite_coco.weights import conf_head_statistics, format_copy_table
+    from ssdlite_coco.caffe_tools.weights import conf_head_statistics, format_copy_table
+    from ssdlite_coco.common.atomic import atomic_write_text
+    from ssdlite_coco.evaluate.coco_scoring import CocoEvalError, evaluate_test_split
+    from ssdlite_coco.evaluate.test_net import DetectionError, read_net
+    from ssdlite_coco.train.runner import TrainingError, select_device
 
     try:
         select_device(args.device)

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Download one file with resume and SHA-1 check; see ssdlite_coco.download."""
+"""Download one file with resume and SHA-1 check; see ssdlite_coco.common.download."""
 
 import argparse
 import sys
 
-from ssdlite_coco.download import DownloadError, download_file
+from ssdlite_coco.common.download import DownloadError, download_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -28,10 +28,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.atomic import atomic_write_text
-    from ssdlite_coco.coco_eval import CocoEvalError, evaluate_test_split, write_metrics
-    from ssdlite_coco.detections import DetectionError
-    from ssdlite_coco.training import TrainingError, select_device
+    from ssdlite_coco.common.atomic import atomic_write_text
+    from ssdlite_coco.evaluate.coco_scoring import CocoEvalError, evaluate_test_split, write_metrics
+    from ssdlite_coco.evaluate.test_net import DetectionError
+    from ssdlite_coco.train.runner import TrainingError, select_device
 
     try:
         select_device(args.device)

@@ -36,10 +36,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.atomic import atomic_write_text
-    from ssdlite_coco.deploy_export import ExportError, check_folding, export_deploy
-    from ssdlite_coco.detections import DetectionError, transform_settings
-    from ssdlite_coco.weights import WeightsError
+    from ssdlite_coco.caffe_tools.weights import WeightsError
+    from ssdlite_coco.common.atomic import atomic_write_text
+    from ssdlite_coco.evaluate.test_net import DetectionError, transform_settings
+    from ssdlite_coco.export.fold import ExportError, check_folding, export_deploy
 
     try:
         data = json.loads(args.instances.read_text())

@@ -4,8 +4,8 @@
 import argparse
 import sys
 
-from ssdlite_coco.coco2017 import extract_split
-from ssdlite_coco.coco_dataset import DatasetError
+from ssdlite_coco.dataset.coco2017 import extract_split
+from ssdlite_coco.dataset.coco_json import DatasetError
 
 
 def get_args_parser() -> argparse.ArgumentParser:

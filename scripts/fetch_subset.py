@@ -5,8 +5,8 @@ import argparse
 import json
 import sys
 
-from ssdlite_coco.coco2017 import OFFICIAL_BASE_URL, fetch_subset
-from ssdlite_coco.coco_dataset import DatasetError
+from ssdlite_coco.dataset.coco2017 import OFFICIAL_BASE_URL, fetch_subset
+from ssdlite_coco.dataset.coco_json import DatasetError
 
 
 def get_args_parser() -> argparse.ArgumentParser:

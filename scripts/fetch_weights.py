@@ -16,7 +16,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.weights import WeightsError, fetch_weights, sha256_of
+    from ssdlite_coco.caffe_tools.weights import WeightsError, fetch_weights, sha256_of
 
     try:
         fetch_weights(args.source, args.sha256, args.out, timeout=args.timeout)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Generate one split of the demo dataset (COCO-format shapes); see ssdlite_coco.demo_dataset."""
+"""Generate one split of the demo dataset (COCO-format shapes); see ssdlite_coco.dataset.demo."""
 
 import argparse
 import json
 import sys
 
-from ssdlite_coco.coco_dataset import DatasetError
-from ssdlite_coco.demo_dataset import SPLIT_INDEX, generate_split
+from ssdlite_coco.dataset.coco_json import DatasetError
+from ssdlite_coco.dataset.demo import SPLIT_INDEX, generate_split
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from ssdlite_coco.coco_dataset import DatasetError, prepare_local_split
+from ssdlite_coco.dataset.coco_json import DatasetError, prepare_local_split
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,8 @@
 import argparse
 import sys
 
-from ssdlite_coco.coco_records import CocoFileError
 from ssdlite_coco.labelmap import MODES, LabelmapError, make_labelmap
+from ssdlite_coco.lmdb.records import CocoFileError
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ssdlite_coco.atomic import atomic_write_text
-from ssdlite_coco.model_generator import (
+from ssdlite_coco.common.atomic import atomic_write_text
+from ssdlite_coco.model.nets import (
     ModelError,
     ModelOptions,
     count_test_images,
@@ -23,8 +23,8 @@ from ssdlite_coco.model_generator import (
     resolve_num_classes,
     supports_augmentation,
 )
-from ssdlite_coco.prototxt_patcher import PatchError, PatchSettings
-from ssdlite_coco.solver import SolverError, SolverOptions
+from ssdlite_coco.model.patcher import PatchError, PatchSettings
+from ssdlite_coco.model.solver import SolverError, SolverOptions
 
 # Config keys of the `model` section that are not generator options.
 WORKFLOW_KEYS = ("mode", "num_classes", "patch")

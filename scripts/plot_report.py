@@ -22,7 +22,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.report import ReportError, detection_grid, metrics_html, plot_loss
+    from ssdlite_coco.report.figures import ReportError, detection_grid, metrics_html, plot_loss
 
     try:
         plot_loss(args.train_log, args.loss_png)

@@ -33,8 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.training import TrainingError, TrainSettings, train
-    from ssdlite_coco.weights import WeightsError
+    from ssdlite_coco.caffe_tools.weights import WeightsError
+    from ssdlite_coco.train.runner import TrainingError, TrainSettings, train
 
     settings = TrainSettings(
         solver=args.solver,

@@ -26,13 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ssdlite_coco.common.errors import SsdliteError
+
 BACKGROUND_NAME = "none_of_the_above"
 BACKGROUND_DISPLAY_NAME = "background"
 UNUSED_DISPLAY_NAME = "N/A"
 MODES = ("coco81", "coco91")
 
 
-class LabelmapError(ValueError):
+class LabelmapError(SsdliteError):
     """A labelmap cannot be built or does not fit the dataset; the message names the file and the fix."""
 
 
@@ -210,8 +212,8 @@ def make_labelmap(
 ) -> list[LabelmapItem]:
     """Write the labelmap (generated in ``mode`` from the first split's categories, or the checked
     ``user_labelmap``) and one name-size file per split; every split's categories must fit the labelmap."""
-    from ssdlite_coco.atomic import atomic_write_text
-    from ssdlite_coco.coco_records import load_coco
+    from ssdlite_coco.common.atomic import atomic_write_text
+    from ssdlite_coco.lmdb.records import load_coco
 
     if set(out_name_sizes) != set(instances):
         raise ValueError("give one name-size output per split")

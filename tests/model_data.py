@@ -27,7 +27,7 @@ class ModelData:
 
 def make_model_data(folder: Path, coco_mini_dir: Path, image_ids: tuple[int, ...] = IMAGE_IDS) -> ModelData:
     from ssdlite_coco.labelmap import make_labelmap
-    from ssdlite_coco.lmdb_writer import BuildOptions, build_lmdb
+    from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
 
     folder.mkdir(parents=True, exist_ok=True)
     coco = json.loads((coco_mini_dir / "annotations" / "instances_mini.json").read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ssdlite_coco.coco_dataset import (
+from ssdlite_coco.dataset.coco_json import (
     DatasetError,
     prepare_local_split,
     select_image_ids,

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from ssdlite_coco.coco_eval import STAT_NAMES, CocoEvalError, score_detections, write_metrics
+from ssdlite_coco.evaluate.coco_scoring import STAT_NAMES, CocoEvalError, score_detections, write_metrics
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""config/schema.yaml describes every key, and ssdlite_coco.config_check turns bad configs into one line."""
+"""config/schema.yaml describes every key, and ssdlite_coco.common.config turns bad configs into one line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssdlite_coco.config_check import ConfigError, load_schema, validate_config
+from ssdlite_coco.common.config import ConfigError, load_schema, validate_config
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ssdlite_coco import caffe_build
+from ssdlite_coco.caffe_tools import build as caffe_build
 
 
 def needs_cuda_build(test):
@@ -50,7 +50,7 @@ def cuda_prefix(tmp_path_factory) -> Path:
     shutil.copy(sdist, cache / "sdists" / pin.filename)
     env = dict(os.environ, SSDLITE_CAFFE_CACHE=str(cache))
     result = subprocess.run(
-        [sys.executable, "-m", "ssdlite_coco.caffe_build", "--device", "cuda", "--print-prefix", "--jobs", "2"],
+        [sys.executable, "-m", "ssdlite_coco.caffe_tools.build", "--device", "cuda", "--print-prefix", "--jobs", "2"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -112,7 +112,7 @@ def test_manifest_records_the_cuda_build(cuda_prefix):
 
 @needs_cuda_build
 def test_gpu_mode_without_a_gpu_fails_with_one_clear_line(cuda_prefix):
-    from ssdlite_coco.training import cuda_device_count
+    from ssdlite_coco.train.runner import cuda_device_count
 
     if cuda_device_count()[0] > 0:
         pytest.skip("this machine has a GPU")
@@ -125,7 +125,7 @@ def test_gpu_mode_without_a_gpu_fails_with_one_clear_line(cuda_prefix):
         GLOG_minloglevel="2",
     )
     code = (
-        "from ssdlite_coco.training import TrainingError, select_device\n"
+        "from ssdlite_coco.train.runner import TrainingError, select_device\n"
         "try:\n    select_device('cuda')\nexcept TrainingError as error:\n    print('error:', error)\n"
     )
     result = subprocess.run(

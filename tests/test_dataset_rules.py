@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssdlite_coco.coco_dataset import validate_dataset
-from ssdlite_coco.demo_dataset import generate_split
+from ssdlite_coco.dataset.coco_json import validate_dataset
+from ssdlite_coco.dataset.demo import generate_split
 from tests.http_server import FileServer, build_coco_mirror
 
 TARGETS = [

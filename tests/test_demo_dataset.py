@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from ssdlite_coco.coco_dataset import DatasetError, validate_dataset
-from ssdlite_coco.demo_dataset import COLORS, generate_split, rle_encode
+from ssdlite_coco.dataset.coco_json import DatasetError, validate_dataset
+from ssdlite_coco.dataset.demo import COLORS, generate_split, rle_encode
 
 # pycocotools 2.0 decodes masks through a numpy-1 API; numpy 2 warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -16,12 +16,12 @@ from tests.tiny_ssd import make_tiny_world
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
 from caffe.proto import caffe_pb2  # noqa: E402
 
-from ssdlite_coco.deploy_export import (  # noqa: E402
+from ssdlite_coco.evaluate.test_net import transform_settings  # noqa: E402
+from ssdlite_coco.export.fold import (  # noqa: E402
     check_folding,
     export_deploy,
     fold_batchnorm,
 )
-from ssdlite_coco.detections import transform_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

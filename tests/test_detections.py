@@ -15,7 +15,7 @@ from tests.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
 
-from ssdlite_coco.detections import (  # noqa: E402
+from ssdlite_coco.evaluate.test_net import (  # noqa: E402
     DetectionError,
     DetectionEvalAccumulator,
     compute_ap,
@@ -25,8 +25,8 @@ from ssdlite_coco.detections import (  # noqa: E402
     run_test_net,
     to_coco_detections,
 )
-from ssdlite_coco.train_log import parse_caffe_log  # noqa: E402
-from ssdlite_coco.training import TrainSettings, train  # noqa: E402
+from ssdlite_coco.train.log import parse_caffe_log  # noqa: E402
+from ssdlite_coco.train.runner import TrainSettings, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from ssdlite_coco.coco2017 import (
+from ssdlite_coco.common.download import DownloadError, download_file, part_path
+from ssdlite_coco.dataset.coco2017 import (
     ARCHIVE_PATHS,
     OFFICIAL_BASE_URL,
     archive_url,
     extract_split,
     fetch_subset,
 )
-from ssdlite_coco.coco_dataset import DatasetError, select_image_ids, validate_dataset
-from ssdlite_coco.download import DownloadError, download_file, part_path
+from ssdlite_coco.dataset.coco_json import DatasetError, select_image_ids, validate_dataset
 from tests.http_server import FileServer, build_coco_mirror, write_annotations_zip
 
 

@@ -421,7 +421,7 @@ def test_libcaffe_links_openmp_itself():
     """The fast layers are compiled with OpenMP: libcaffe.so names libgomp (or libomp) as a direct need."""
     lib = Path(caffe.__file__).resolve().parents[2] / "lib" / "libcaffe.so"
     if not lib.exists():
-        pytest.skip(f"{lib} not found: pycaffe is not from a prefix built by ssdlite_coco.caffe_build")
+        pytest.skip(f"{lib} not found: pycaffe is not from a prefix built by ssdlite_coco.caffe_tools.build")
     dynamic = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
     needed = [line for line in dynamic.splitlines() if "(NEEDED)" in line]
     assert any("libgomp" in line or "libomp" in line for line in needed), "\n".join(needed)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from ssdlite_coco.coco_records import CocoFileError
 from ssdlite_coco.labelmap import (
     LabelmapError,
     check_labelmap,
@@ -20,6 +19,7 @@ from ssdlite_coco.labelmap import (
     read_labelmap,
     read_name_size,
 )
+from ssdlite_coco.lmdb.records import CocoFileError
 from tests.lmdb_helpers import MINI_JSON, load_mini
 
 # COCO category ids that no category uses (the gaps of the 91-class numbering).

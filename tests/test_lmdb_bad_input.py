@@ -12,9 +12,9 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from ssdlite_coco.coco_records import CocoFileError
-from ssdlite_coco.lmdb_check import check_lmdb
-from ssdlite_coco.lmdb_writer import BuildOptions, LmdbBuildError, build_lmdb
+from ssdlite_coco.lmdb.check import check_lmdb
+from ssdlite_coco.lmdb.records import CocoFileError
+from ssdlite_coco.lmdb.writer import BuildOptions, LmdbBuildError, build_lmdb
 from tests.lmdb_helpers import make_split, write_labelmap
 
 IMAGE_IDS = [9, 25, 30, 34]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssdlite_coco.lmdb_writer import BuildOptions, build_lmdb
+from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
 from tests.lmdb_helpers import MINI_JSON, expected_label_rows, load_mini, write_labelmap
 
 

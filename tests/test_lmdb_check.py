@@ -13,8 +13,8 @@ import pytest
 from caffe.proto import caffe_pb2
 from PIL import Image
 
-from ssdlite_coco.lmdb_check import LmdbCheckError, check_lmdb
-from ssdlite_coco.lmdb_writer import BuildOptions, build_lmdb
+from ssdlite_coco.lmdb.check import LmdbCheckError, check_lmdb
+from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
 from tests.lmdb_helpers import MINI_JSON, load_mini, write_labelmap
 
 

@@ -18,8 +18,8 @@ from tests.model_data import make_model_data
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe (make test does)")
 from caffe.proto import caffe_pb2  # noqa: E402
 
-from ssdlite_coco.mobilenetv2 import make_divisible  # noqa: E402
-from ssdlite_coco.model_generator import (  # noqa: E402
+from ssdlite_coco.model.mobilenetv2 import make_divisible  # noqa: E402
+from ssdlite_coco.model.nets import (  # noqa: E402
     ROLES,
     ModelError,
     ModelOptions,
@@ -31,7 +31,7 @@ from ssdlite_coco.model_generator import (  # noqa: E402
     resolve_num_classes,
     supports_augmentation,
 )
-from ssdlite_coco.solver import SolverError, SolverOptions, build_solver, count_test_iterations  # noqa: E402
+from ssdlite_coco.model.solver import SolverError, SolverOptions, build_solver, count_test_iterations  # noqa: E402
 
 UPSTREAM = "reference/upstream/chuanqi305-ssdlite-coco-deploy.prototxt"
 AUGMENTATION_MODES = [False, True] if supports_augmentation() else [False]

@@ -18,8 +18,8 @@ from tests.model_data import make_model_data
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe (make test does)")
 from caffe.proto import caffe_pb2  # noqa: E402
 
-from ssdlite_coco.model_generator import ModelOptions, build_net, net_to_text, supports_augmentation  # noqa: E402
-from ssdlite_coco.prototxt_patcher import (  # noqa: E402
+from ssdlite_coco.model.nets import ModelOptions, build_net, net_to_text, supports_augmentation  # noqa: E402
+from ssdlite_coco.model.patcher import (  # noqa: E402
     PatchError,
     PatchSettings,
     parse_prototxt,

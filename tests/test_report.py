@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssdlite_coco.coco_eval import score_detections, write_metrics
-from ssdlite_coco.report import ReportError, detection_grid, metrics_html, plot_loss
-from ssdlite_coco.train_log import write_log_csv
+from ssdlite_coco.evaluate.coco_scoring import score_detections, write_metrics
+from ssdlite_coco.report.figures import ReportError, detection_grid, metrics_html, plot_loss
+from ssdlite_coco.train.log import write_log_csv
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,12 @@
-"""ssdlite_coco.resources: per-rule resources from the config's `resources:` section."""
+"""ssdlite_coco.common.resources: per-rule resources from the config's `resources:` section."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from ssdlite_coco.config_check import validate_config
-from ssdlite_coco.resources import ResourceConfigError, effective_resources, rule_resources, rule_threads
+from ssdlite_coco.common.config import validate_config
+from ssdlite_coco.common.resources import ResourceConfigError, effective_resources, rule_resources, rule_threads
 
 
 @pytest.fixture

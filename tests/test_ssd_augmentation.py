@@ -20,7 +20,7 @@ from google.protobuf import text_format
 from PIL import Image, ImageDraw
 
 import caffe
-from ssdlite_coco.lmdb_writer import BuildOptions, build_lmdb
+from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
 from tests.lmdb_helpers import load_mini, make_split, write_labelmap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

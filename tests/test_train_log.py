@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssdlite_coco.train_log import (
+from ssdlite_coco.train.log import (
     LOG_COLUMNS,
     TrainLogError,
     caffe_log_to_csv,
@@ -76,7 +76,7 @@ def test_a_log_without_iterations_is_refused(tmp_path):
 
 def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_dir):
     pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
-    from ssdlite_coco.training import learning_rate, read_solver
+    from ssdlite_coco.train.runner import learning_rate, read_solver
     from tests.tiny_ssd import make_tiny_world
 
     world = make_tiny_world(tmp_path / "tiny", coco_mini_dir, max_iter=40, test_interval=20)

@@ -19,21 +19,21 @@ from tests.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
 
-from ssdlite_coco.training import (  # noqa: E402
-    TrainingError,
-    TrainSettings,
-    learning_rate,
-    read_solver,
-    select_device,
-    train,
-)
-from ssdlite_coco.weights import (  # noqa: E402
+from ssdlite_coco.caffe_tools.weights import (  # noqa: E402
     WeightsError,
     copy_weights_by_name,
     fetch_weights,
     format_copy_table,
     read_caffemodel,
     sha256_of,
+)
+from ssdlite_coco.train.runner import (  # noqa: E402
+    TrainingError,
+    TrainSettings,
+    learning_rate,
+    read_solver,
+    select_device,
+    train,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssdlite_coco.common.errors import SsdliteError
+
 # Boxes may overshoot the image by this many pixels (rounding in the annotation tools); they are
 # clipped. Anything further outside is a bad record.
 BOX_TOLERANCE_PX = 1.0
@@ -22,7 +24,7 @@ CROWD_POLICIES = ("difficult", "drop")
 COCO_HINT = "expected a COCO instances file with 'images', 'annotations' and 'categories' lists"
 
 
-class CocoFileError(ValueError):
+class CocoFileError(SsdliteError):
     """The annotation file is unreadable or not a COCO instances file; the message names it."""
 
 

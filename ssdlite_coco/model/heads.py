@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from caffe.proto import caffe_pb2
 
-from ssdlite_coco.caffe_layers import NetWriter
-from ssdlite_coco.mobilenetv2 import BackboneOutputs, make_divisible
+from ssdlite_coco.model.layers import NetWriter
+from ssdlite_coco.model.mobilenetv2 import BackboneOutputs, make_divisible
 
 # (1x1 reduction channels, output channels) of the four stride-2 extra layers, at width 1.0.
 EXTRA_LAYERS = ((256, 512), (128, 256), (128, 256), (64, 128))

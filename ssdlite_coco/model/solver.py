@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 
 from caffe.proto import caffe_pb2
 
+from ssdlite_coco.common.errors import SsdliteError
+
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 # Caffe refuses a momentum with these solvers.
 NO_MOMENTUM = ("AdaGrad", "RMSProp")
 
 
-class SolverError(ValueError):
+class SolverError(SsdliteError):
     """The solver settings are inconsistent; the message is one line naming the setting."""
 
 

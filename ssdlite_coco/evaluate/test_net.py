@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.labelmap import LabelmapError, read_labelmap, read_name_size
 
 
-class DetectionError(RuntimeError):
+class DetectionError(SsdliteError):
     """A net, labelmap or name-size file does not fit; the message names the file and the fix."""
 
 
@@ -308,7 +309,7 @@ def run_test_net(
     shape) is an error, else it stays at its filler initialization and shows in ``copied``.
     """
     import caffe
-    from ssdlite_coco.weights import WeightsError, copy_weights_by_name, read_caffemodel
+    from ssdlite_coco.caffe_tools.weights import WeightsError, copy_weights_by_name, read_caffemodel
 
     image_sizes = read_image_sizes(name_size_path)
     categories = label_to_category(labelmap_path)

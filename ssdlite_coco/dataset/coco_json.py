@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ssdlite_coco.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.errors import SsdliteError
 
 
-class DatasetError(RuntimeError):
+class DatasetError(SsdliteError):
     """A dataset is missing or malformed; the message names the file, the record and the fix."""
 
 

@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ssdlite_coco.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.errors import SsdliteError
 
 
-class ReportError(RuntimeError):
+class ReportError(SsdliteError):
     """An input of the report cannot be read; the message names the file and the fix."""
 
 

@@ -18,7 +18,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ssdlite_coco.coco_dataset import (
+from ssdlite_coco.common.download import DownloadError, download_file, file_url
+from ssdlite_coco.dataset.coco_json import (
     DatasetError,
     check_instances,
     publish_split,
@@ -26,7 +27,6 @@ from ssdlite_coco.coco_dataset import (
     subset_instances,
     summarize,
 )
-from ssdlite_coco.download import DownloadError, download_file, file_url
 
 OFFICIAL_BASE_URL = "http://images.cocodataset.org"
 ARCHIVE_PATHS = {

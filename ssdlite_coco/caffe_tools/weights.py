@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ssdlite_coco.atomic import atomic_path
+from ssdlite_coco.common.atomic import atomic_path
+from ssdlite_coco.common.errors import SsdliteError
 
 URL_SCHEMES = ("http://", "https://", "file://")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(SsdliteError):
     """Initial weights cannot be fetched, verified or read; the message names the file or URL and the fix."""
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ssdlite_coco.atomic import atomic_write_text
+from ssdlite_coco.common.atomic import atomic_write_text
+from ssdlite_coco.common.errors import SsdliteError
 
 # Order of COCOeval.stats for iouType="bbox".
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-class CocoEvalError(RuntimeError):
+class CocoEvalError(SsdliteError):
     """Detections or ground truth cannot be scored; the message names the file or record and the fix."""
 
 
@@ -180,7 +181,7 @@ def evaluate_test_split(
     log=print,
 ):
     """Run the test net over the test LMDB and score it: (metrics dict, COCO detections, TestNetResult)."""
-    from ssdlite_coco.detections import read_net, run_test_net
+    from ssdlite_coco.evaluate.test_net import read_net, run_test_net
 
     result = run_test_net(
         test_net_path,
@@ -205,6 +206,6 @@ def evaluate_test_split(
 
 
 def _name_sizes(path):
-    from ssdlite_coco.detections import read_image_sizes
+    from ssdlite_coco.evaluate.test_net import read_image_sizes
 
     return read_image_sizes(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ssdlite_coco.caffe_layers import NetWriter
+from ssdlite_coco.model.layers import NetWriter
 
 # (expansion t, output channels c, repeats n, first stride s) of the inverted residual stages.
 INVERTED_RESIDUAL_SETTINGS = (

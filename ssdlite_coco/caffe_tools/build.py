@@ -24,7 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ssdlite_coco.common.errors import SsdliteError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CAFFE_DIR = REPO_ROOT / "caffe"
 SOURCE_FILE = CAFFE_DIR / "source.json"
 PATCH_DIR = CAFFE_DIR / "patches"
@@ -32,7 +34,7 @@ DEBIAN_PACKAGES_FILE = CAFFE_DIR / "debian-packages.txt"
 DEVICES = ("cpu", "cuda")
 
 
-class CaffeBuildError(RuntimeError):
+class CaffeBuildError(SsdliteError):
     """A build step failed; the message says which and what to do."""
 
 
@@ -383,7 +385,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if args.manifest_out:
-        from ssdlite_coco.atomic import atomic_write_text
+        from ssdlite_coco.common.atomic import atomic_write_text
 
         atomic_write_text(args.manifest_out, (prefix / "manifest.json").read_text())
     if args.print_prefix:

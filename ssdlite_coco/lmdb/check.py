@@ -21,16 +21,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ssdlite_coco.atomic import atomic_path
-from ssdlite_coco.coco_records import ImageRecord, load_coco, plan_records
+from ssdlite_coco.common.atomic import atomic_path
+from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.labelmap import category_to_label, label_display_names, read_labelmap
+from ssdlite_coco.lmdb.records import ImageRecord, load_coco, plan_records
 
 COORD_TOLERANCE = 1e-6
 SAMPLE_COUNT = 16
 THUMB_SIZE = 320
 
 
-class LmdbCheckError(RuntimeError):
+class LmdbCheckError(SsdliteError):
     """The LMDB does not match its inputs; the message names the record and what is wrong."""
 
 

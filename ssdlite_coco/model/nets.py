@@ -21,11 +21,8 @@ from pathlib import Path
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from ssdlite_coco.caffe_layers import ACTIVATIONS, BN_MODES, PADDINGS, NetWriter
-from ssdlite_coco.mobilenetv2 import build_mobilenetv2
-from ssdlite_coco.prototxt_patcher import PatchSettings, parse_prototxt, patch_net, patch_solver
-from ssdlite_coco.solver import SolverOptions, build_solver, count_test_iterations
-from ssdlite_coco.ssdlite_heads import (
+from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.model.heads import (
     CONF_LOSS_TYPES,
     DetectionSettings,
     FeatureMap,
@@ -36,6 +33,10 @@ from ssdlite_coco.ssdlite_heads import (
     build_feature_maps,
     build_heads,
 )
+from ssdlite_coco.model.layers import ACTIVATIONS, BN_MODES, PADDINGS, NetWriter
+from ssdlite_coco.model.mobilenetv2 import build_mobilenetv2
+from ssdlite_coco.model.patcher import PatchSettings, parse_prototxt, patch_net, patch_solver
+from ssdlite_coco.model.solver import SolverOptions, build_solver, count_test_iterations
 
 ROLES = ("train", "test", "deploy")
 NET_NAME = "MobileNetV2-SSDLite"
@@ -45,7 +46,7 @@ SCALE = 0.007843
 AUGMENTATION_FIELDS = ("resize_param", "distort_param", "expand_param")
 
 
-class ModelError(ValueError):
+class ModelError(SsdliteError):
     """The requested model cannot be generated; the message is one line saying why and what to change."""
 
 

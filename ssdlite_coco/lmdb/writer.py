@@ -27,17 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssdlite_coco.atomic import atomic_path, atomic_write_text
-from ssdlite_coco.coco_records import CROWD_POLICIES, BadRecord, ImageRecord, load_coco, plan_records
-from ssdlite_coco.image_bytes import ImageDataError, prepare_image_bytes
+from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.labelmap import category_to_label, read_labelmap
+from ssdlite_coco.lmdb.image_bytes import ImageDataError, prepare_image_bytes
+from ssdlite_coco.lmdb.records import CROWD_POLICIES, BadRecord, ImageRecord, load_coco, plan_records
 
 BAD_RECORD_POLICIES = ("stop", "skip")
 RECORDS_PER_TXN = 1000
 MiB = 1 << 20
 
 
-class LmdbBuildError(RuntimeError):
+class LmdbBuildError(SsdliteError):
     """The LMDB cannot be built; the message is one line naming the file or record and the fix."""
 
 

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ssdlite_coco.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.errors import SsdliteError
 
 
-class ExportError(RuntimeError):
+class ExportError(SsdliteError):
     """The deploy net or its weights cannot be folded; the message names the file and the fix."""
 
 
@@ -123,7 +124,7 @@ def _chain_at(layers, index: int) -> tuple[int, int | None] | None:
 def load_net_params(prototxt: str | os.PathLike, weights: str | os.PathLike):
     """A pycaffe TEST net of ``prototxt`` with ``weights`` copied by layer name (every layer must be filled)."""
     import caffe
-    from ssdlite_coco.weights import copy_weights_by_name, read_caffemodel
+    from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, read_caffemodel
 
     net = caffe.Net(str(prototxt), caffe.TEST)
     rows = copy_weights_by_name(net, read_caffemodel(weights))
@@ -151,7 +152,7 @@ def export_deploy(
     from google.protobuf import text_format
 
     import caffe
-    from ssdlite_coco.detections import read_net
+    from ssdlite_coco.evaluate.test_net import read_net
 
     net_param = read_net(deploy_prototxt)
     source = load_net_params(deploy_prototxt, weights)
@@ -221,7 +222,7 @@ def compare_nets(reference, folded, inputs: list[np.ndarray]) -> dict[str, Any]:
 
 def input_shape(prototxt: str | os.PathLike) -> tuple[int, int, int]:
     """(channels, height, width) of a deploy net's Input layer."""
-    from ssdlite_coco.detections import read_net
+    from ssdlite_coco.evaluate.test_net import read_net
 
     net = read_net(prototxt)
     for layer in net.layer:
@@ -239,7 +240,7 @@ def check_folding(
 ) -> dict[str, Any]:
     """Run the unfolded and folded nets on real ``images``; the comparison of their outputs."""
     import caffe
-    from ssdlite_coco.detections import preprocess_image
+    from ssdlite_coco.evaluate.test_net import preprocess_image
 
     _, height, width = input_shape(deploy_prototxt)
     inputs = [preprocess_image(path, height, width, mean, scale) for path in images]

@@ -1,6 +1,6 @@
 """The training log as a CSV table: iteration, loss, learning_rate, detection_eval (pandas).
 
-Rows come either from the pycaffe runner (``ssdlite_coco.training`` records them directly) or from the
+Rows come either from the pycaffe runner (``ssdlite_coco.train.runner`` records them directly) or from the
 text log of ``caffe train`` (glog lines ``Iteration N, loss = X``, ``Iteration N, lr = Y`` and
 ``Test net output #0: detection_eval = Z``), parsed by ``parse_caffe_log``. Either way there is one
 row per iteration; a value not measured at an iteration is empty (NaN). Note that ``caffe train``
@@ -16,12 +16,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ssdlite_coco.atomic import atomic_write_text
+from ssdlite_coco.common.atomic import atomic_write_text
+from ssdlite_coco.common.errors import SsdliteError
 
 LOG_COLUMNS = ("iteration", "loss", "learning_rate", "detection_eval")
 
 
-class TrainLogError(RuntimeError):
+class TrainLogError(SsdliteError):
     """A training log cannot be read; the message names the file and the line."""
 
 

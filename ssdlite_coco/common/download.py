@@ -18,13 +18,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ssdlite_coco.coco_dataset import DatasetError
+from ssdlite_coco.common.errors import SsdliteError
 
 CHUNK_SIZE = 1 << 20
 USER_AGENT = "ssdlite-coco/1.0 (+python urllib)"
 
 
-class DownloadError(DatasetError):
+class DownloadError(SsdliteError):
     """A download failed for good; the message names the URL and what to do."""
 
 

@@ -26,14 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ssdlite_coco.atomic import atomic_path, atomic_write_text
-from ssdlite_coco.detections import DetectionEvalAccumulator, format_duration
-from ssdlite_coco.train_log import LOG_COLUMNS, read_log_csv, write_log_csv
+from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.evaluate.test_net import DetectionEvalAccumulator, format_duration
+from ssdlite_coco.train.log import LOG_COLUMNS, read_log_csv, write_log_csv
 
 DEVICES = ("cpu", "cuda")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SsdliteError):
     """Training cannot start or go on; the message names the file or setting and the fix."""
 
 
@@ -343,7 +344,7 @@ def test_detection(solver, test_index: int, test_iter: int, ap_version: str) -> 
 def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     """Train to the solver's ``max_iter`` (resuming from the newest snapshot); write weights and the log CSV."""
     import caffe
-    from ssdlite_coco.weights import copy_weights_by_name, format_copy_table, read_caffemodel
+    from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, format_copy_table, read_caffemodel
 
     solver_path = Path(settings.solver)
     original = read_solver(solver_path)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+from ssdlite_coco.common.errors import SsdliteError
+
 # Frame markers of 8-bit Huffman JPEGs that every libjpeg decodes (baseline, extended, progressive).
 PLAIN_SOF = {0xC0, 0xC1, 0xC2}
 # All start-of-frame markers (C4 = DHT, C8 = JPG extension, CC = DAC are not frames).
@@ -20,7 +22,7 @@ ALL_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 REENCODE_QUALITY = 95
 
 
-class ImageDataError(ValueError):
+class ImageDataError(SsdliteError):
     """The bytes are not a usable image; the message says why (without the file name)."""
 
 

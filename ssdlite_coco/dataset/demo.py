@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ssdlite_coco.coco_dataset import DatasetError, publish_split, summarize
+from ssdlite_coco.dataset.coco_json import DatasetError, publish_split, summarize
 
 CATEGORIES = [
     {"id": 3, "name": "circle", "supercategory": "shape"},

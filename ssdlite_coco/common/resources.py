@@ -14,13 +14,15 @@ The keys returned are the standard ones Snakemake and its SLURM executor plugin 
 
 from __future__ import annotations
 
+from ssdlite_coco.common.errors import SsdliteError
+
 RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task", "gpus")
 
 # Used when the config has no ``resources`` section at all (e.g. a config that was not validated).
 BUILTIN_DEFAULTS = {"mem_mb": 2000, "runtime": 60, "cpus_per_task": 1, "gpus": 0}
 
 
-class ResourceConfigError(ValueError):
+class ResourceConfigError(SsdliteError):
     """A resource value in the config is unusable; the message names the key and the fix."""
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from ssdlite_coco.common.errors import SsdliteError
 
-class ConfigError(ValueError):
+
+class ConfigError(SsdliteError):
     """The config does not match the schema; the message is one line naming the key."""
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
+from ssdlite_coco.common.errors import SsdliteError
+
 ROLES = ("train", "test", "deploy")
 # Layers the class scores may pass through between the conf convolutions and the loss / detection layer.
 SCORE_PATH_TYPES = ("Concat", "Flatten", "Permute", "Reshape", "Softmax", "Sigmoid")
@@ -32,7 +34,7 @@ RELU6_WARNING = (
 )
 
 
-class PatchError(ValueError):
+class PatchError(SsdliteError):
     """A prototxt cannot be patched consistently; the message names the file, the layer and the reason."""
 
 

@@ -1,0 +1,3 @@
+"""Stage evaluate (rules/evaluate.smk): the test net over the test split, Caffe's detection_eval and the COCO metrics.
+
+"""

@@ -1,0 +1,3 @@
+"""Stage model (rules/model.smk): the MobileNetV2-SSDLite train/test/deploy nets and the solver, generated or patched.
+
+"""
