@@ -34,6 +34,7 @@ test: setup
 
 lint: venv
 	ruff check .
+	ruff format --check .
 	snakefmt --check Snakefile rules
 	snakemake --lint --cores 1
 

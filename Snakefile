@@ -24,6 +24,7 @@ os.environ.update(
 )
 
 from ssdlite_coco.common.config import ConfigError, validate_config
+from ssdlite_coco.dataset.coco2017 import ARCHIVE_PATHS
 
 try:
     config.update(
@@ -39,6 +40,11 @@ os.environ.update(SSDLITE_CAFFE_DEVICE=config["caffe"]["device"])
 report: "report/workflow.rst"
 
 
+wildcard_constraints:
+    split="trainval|test",
+    archive="|".join(ARCHIVE_PATHS),
+
+
 include: "rules/common.smk"
 include: "rules/caffe.smk"
 include: "rules/dataset.smk"
@@ -47,6 +53,7 @@ include: "rules/lmdb.smk"
 include: "rules/model.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/export.smk"
 include: "rules/report.smk"
 
 
@@ -55,5 +62,5 @@ rule all:
     input:
         expand("results/lmdb/{split}_check", split=["trainval", "test"]),
         "results/evaluate/metrics.json",
-        "results/deploy/deploy.caffemodel",
+        "results/export/deploy.caffemodel",
         "results/report/loss.png",

@@ -41,7 +41,8 @@ def write_nets(out_dir: Path, train_batch: int) -> dict:
     """train.prototxt, solver.prototxt, deploy.prototxt and layers.json (for the PyTorch translation)."""
     from caffe.proto import caffe_pb2
 
-    from ssdlite_coco.model.nets import ModelOptions, build_net, net_to_text
+    from ssdlite_coco.caffe_tools.prototxt import format_prototxt
+    from ssdlite_coco.model.nets import ModelOptions, build_net
 
     options = ModelOptions(
         num_classes=NUM_CLASSES,
@@ -73,9 +74,9 @@ def write_nets(out_dir: Path, train_batch: int) -> dict:
         snapshot=0,
         type="SGD",
     )
-    (out_dir / "train.prototxt").write_text(net_to_text(train))
-    (out_dir / "deploy.prototxt").write_text(net_to_text(deploy))
-    (out_dir / "solver.prototxt").write_text(net_to_text(solver))
+    (out_dir / "train.prototxt").write_text(format_prototxt(train))
+    (out_dir / "deploy.prototxt").write_text(format_prototxt(deploy))
+    (out_dir / "solver.prototxt").write_text(format_prototxt(solver))
     (out_dir / "layers.json").write_text(json.dumps([layer_summary(layer) for layer in train.layer]))
     return {"train_layers": len(train.layer), "deploy_layers": len(deploy.layer)}
 

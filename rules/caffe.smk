@@ -1,3 +1,6 @@
+# Rules of the Caffe-SSD build (see caffe/README.md): the project's patched Caffe in the shared build
+# cache, recorded in resources/caffe/manifest.json.
+
 
 rule caffe_build:
     """Build the project's Caffe-SSD (pinned sdist + caffe/patches) into the shared build cache."""
@@ -5,9 +8,9 @@ rule caffe_build:
         source="caffe/source.json",
         patches=sorted(glob.glob("caffe/patches/*.patch")),
     output:
-        manifest="resources/caffe/manifest.json",
+        manifest=CAFFE_MANIFEST,
     log:
-        "logs/caffe_build.log",
+        "logs/caffe/caffe_build.log",
     conda:
         "../envs/caffe.yaml"
     threads: rule_threads(config, "caffe_build")

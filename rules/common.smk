@@ -1,29 +1,58 @@
-# Imports, config sections and the input/parameter functions of the rules, by stage
+# The paths every stage shares, the config sections, and the input/parameter functions of the rules
 # (snakemake --lint wants functions apart from rules). Included first by the Snakefile.
 import glob
 import json
 
-from ssdlite_coco.dataset.coco2017 import ARCHIVE_PATHS, SPLIT_TO_COCO, archive_url
+from ssdlite_coco.dataset.coco2017 import SPLIT_TO_COCO, archive_url
 from ssdlite_coco.common.resources import rule_resources, rule_threads
 
 DATASET = config["dataset"]
-DATASET_SPLITS = "trainval|test"
 LABELMAP = config["labelmap"]
 LMDB = config["lmdb"]
-LMDB_SPLITS = "trainval|test"
 MODEL = config["model"]
 PATCH_ROLES = ("train", "test", "deploy", "solver")
 TRAIN = config["train"]
-INITIAL_WEIGHTS = "resources/weights/initial.caffemodel"
 EVALUATE = config["evaluate"]
+
+# --- paths between stages -----------------------------------------------------------------------
+CAFFE_MANIFEST = "resources/caffe/manifest.json"
+SPLIT_INSTANCES = "results/data/{split}/instances.json"
+SPLIT_IMAGES = "results/data/{split}/images"
+TEST_INSTANCES = SPLIT_INSTANCES.format(split="test")
+TEST_IMAGES = SPLIT_IMAGES.format(split="test")
+COCO_ANNOTATIONS_ZIP = "resources/downloads/annotations_trainval2017.zip"
+LABELMAP_FILE = "results/labelmap/labelmap.prototxt"
+NAME_SIZE_FILE = "results/labelmap/{split}_name_size.txt"
+TEST_NAME_SIZE = NAME_SIZE_FILE.format(split="test")
+SPLIT_LMDB = "results/lmdb/{split}_lmdb"
+TRAIN_LMDB = SPLIT_LMDB.format(split="trainval")
+TEST_LMDB = SPLIT_LMDB.format(split="test")
+MODEL_DIR = "results/model"
+TRAIN_NET = f"{MODEL_DIR}/train.prototxt"
+TEST_NET = f"{MODEL_DIR}/test.prototxt"
+DEPLOY_NET = f"{MODEL_DIR}/deploy.prototxt"
+SOLVER = f"{MODEL_DIR}/solver.prototxt"
+INITIAL_WEIGHTS = "resources/weights/initial.caffemodel"
+SNAPSHOT_ROOT = "resources/snapshots"
+TRAINED_WEIGHTS = "results/train/final.caffemodel"
+TRAIN_LOG_CSV = "results/train/train_log.csv"
+DETECTIONS = "results/evaluate/detections.json"
+METRICS_JSON = "results/evaluate/metrics.json"
+
+# What the test net reads on the test split: inputs and flags of rules evaluate and check_initial_weights.
 TEST_SPLIT_INPUTS = {
-    "caffe": "resources/caffe/manifest.json",
-    "test_net": "results/model/test.prototxt",
-    "lmdb": "results/lmdb/test_lmdb",
-    "name_size": "results/labelmap/test_name_size.txt",
-    "labelmap": "results/labelmap/labelmap.prototxt",
-    "instances": "results/data/test/instances.json",
+    "caffe": CAFFE_MANIFEST,
+    "test_net": TEST_NET,
+    "lmdb": TEST_LMDB,
+    "name_size": TEST_NAME_SIZE,
+    "labelmap": LABELMAP_FILE,
+    "instances": TEST_INSTANCES,
 }
+TEST_SPLIT_FLAGS = (
+    " --test-net {input.test_net} --lmdb {input.lmdb} --name-size {input.name_size}"
+    " --labelmap {input.labelmap} --instances {input.instances}"
+    " --device {params.device} --batch-size {params.batch_size}"
+)
 
 
 # --- dataset -----------------------------------------------------------------------------------
@@ -43,6 +72,10 @@ def coco_split_of(wildcards):
 
 def coco_images_archive(wildcards):
     return f"resources/downloads/{SPLIT_TO_COCO[wildcards.split]}.zip"
+
+
+def coco_images_cache(wildcards):
+    return f"resources/downloads/{SPLIT_TO_COCO[wildcards.split]}-images"
 
 
 def coco_archive_url(wildcards):

@@ -1,13 +1,7 @@
 # Rules of the dataset stage (see README.md): results/data/{split}/instances.json + images/ for
 # split trainval and test, from the source chosen by dataset.source (demo, download, subset, local).
-
-
-# Downloads run where the internet is (the submit host under SLURM); the others take seconds.
-localrules:
-    dataset_demo,
-    dataset_download_archive,
-    dataset_subset,
-    dataset_local,
+# Downloads run where the internet is (the submit host under SLURM); the others take seconds: all are
+# local rules.
 
 
 # Archives of COCO 2017 (download and subset sources). Bytes accumulate in {archive}.zip.part, which
@@ -16,9 +10,8 @@ rule dataset_download_archive:
     output:
         archive="resources/downloads/{archive}.zip",
     log:
-        "logs/dataset/download_{archive}.log",
-    wildcard_constraints:
-        archive="|".join(ARCHIVE_PATHS),
+        "logs/dataset/dataset_download_archive_{archive}.log",
+    localrule: True
     conda:
         "../envs/data.yaml"
     resources:
@@ -28,7 +21,7 @@ rule dataset_download_archive:
         sha1=coco_archive_sha1,
         retries=DATASET["download"]["retries"],
     shell:
-        "download_archive.py --url {params.url:q} --sha1 {params.sha1:q}"
+        "download_archive.py --url={params.url:q} --sha1={params.sha1:q}"
         " --retries {params.retries} --out {output.archive} > {log} 2>&1"
 
 
@@ -37,12 +30,11 @@ if DATASET["source"] == "demo":
     rule dataset_demo:
         """Generate the demo dataset (coloured shapes; the embedded default)."""
         output:
-            instances="results/data/{split}/instances.json",
-            images=directory("results/data/{split}/images"),
+            instances=SPLIT_INSTANCES,
+            images=directory(SPLIT_IMAGES),
         log:
-            "logs/dataset/demo_{split}.log",
-        wildcard_constraints:
-            split=DATASET_SPLITS,
+            "logs/dataset/dataset_demo_{split}.log",
+        localrule: True
         conda:
             "../envs/data.yaml"
         resources:
@@ -62,14 +54,12 @@ if DATASET["source"] == "download":
         """Extract a split of COCO 2017 from the downloaded archives (trainval: train2017, test: val2017)."""
         input:
             images=coco_images_archive,
-            annotations="resources/downloads/annotations_trainval2017.zip",
+            annotations=COCO_ANNOTATIONS_ZIP,
         output:
-            instances="results/data/{split}/instances.json",
-            images=directory("results/data/{split}/images"),
+            instances=SPLIT_INSTANCES,
+            images=directory(SPLIT_IMAGES),
         log:
-            "logs/dataset/extract_{split}.log",
-        wildcard_constraints:
-            split=DATASET_SPLITS,
+            "logs/dataset/dataset_extract_{split}.log",
         conda:
             "../envs/data.yaml"
         resources:
@@ -87,14 +77,13 @@ if DATASET["source"] == "subset":
     rule dataset_subset:
         """Fetch N images of a COCO 2017 split one by one (cached under resources/downloads/)."""
         input:
-            annotations="resources/downloads/annotations_trainval2017.zip",
+            annotations=COCO_ANNOTATIONS_ZIP,
         output:
-            instances="results/data/{split}/instances.json",
-            images=directory("results/data/{split}/images"),
+            instances=SPLIT_INSTANCES,
+            images=directory(SPLIT_IMAGES),
         log:
-            "logs/dataset/subset_{split}.log",
-        wildcard_constraints:
-            split=DATASET_SPLITS,
+            "logs/dataset/dataset_subset_{split}.log",
+        localrule: True
         conda:
             "../envs/data.yaml"
         resources:
@@ -105,11 +94,12 @@ if DATASET["source"] == "subset":
             seed=DATASET["subset"]["seed"],
             base_url=DATASET["download"]["base_url"],
             retries=DATASET["download"]["retries"],
+            cache_dir=coco_images_cache,
         shell:
             "fetch_subset.py --annotations-zip {input.annotations}"
             " --coco-split {params.coco_split} --images {params.images} --seed {params.seed}"
-            " --base-url {params.base_url:q} --retries {params.retries}"
-            " --cache-dir resources/downloads/{params.coco_split}-images"
+            " --base-url={params.base_url:q} --retries {params.retries}"
+            " --cache-dir {params.cache_dir}"
             " --out-instances {output.instances} --out-images {output.images} > {log} 2>&1"
 
 
@@ -121,12 +111,11 @@ if DATASET["source"] == "local":
             instances=local_instances,
             images=local_images,
         output:
-            instances="results/data/{split}/instances.json",
-            images=directory("results/data/{split}/images"),
+            instances=SPLIT_INSTANCES,
+            images=directory(SPLIT_IMAGES),
         log:
-            "logs/dataset/local_{split}.log",
-        wildcard_constraints:
-            split=DATASET_SPLITS,
+            "logs/dataset/dataset_local_{split}.log",
+        localrule: True
         conda:
             "../envs/data.yaml"
         resources:

@@ -5,14 +5,14 @@
 rule make_labelmap:
     """Write the Caffe-SSD labelmap of the dataset and the name-size file (image_id height width) per split."""
     input:
-        trainval="results/data/trainval/instances.json",
-        test="results/data/test/instances.json",
+        trainval=SPLIT_INSTANCES.format(split="trainval"),
+        test=TEST_INSTANCES,
         user_labelmap=user_labelmap_inputs,
-        caffe="resources/caffe/manifest.json",
+        caffe=CAFFE_MANIFEST,
     output:
-        labelmap="results/labelmap/labelmap.prototxt",
-        trainval_name_size="results/labelmap/trainval_name_size.txt",
-        test_name_size="results/labelmap/test_name_size.txt",
+        labelmap=LABELMAP_FILE,
+        trainval_name_size=NAME_SIZE_FILE.format(split="trainval"),
+        test_name_size=TEST_NAME_SIZE,
     log:
         "logs/labelmap/make_labelmap.log",
     conda:

@@ -5,17 +5,15 @@
 rule build_lmdb:
     """Convert a split into a Caffe LMDB of AnnotatedDatum records (built aside, renamed when complete)."""
     input:
-        instances="results/data/{split}/instances.json",
-        images="results/data/{split}/images",
-        labelmap="results/labelmap/labelmap.prototxt",
-        caffe="resources/caffe/manifest.json",
+        instances=SPLIT_INSTANCES,
+        images=SPLIT_IMAGES,
+        labelmap=LABELMAP_FILE,
+        caffe=CAFFE_MANIFEST,
     output:
-        lmdb=directory("results/lmdb/{split}_lmdb"),
+        lmdb=directory(SPLIT_LMDB),
         report="results/lmdb/{split}_build.json",
     log:
         "logs/lmdb/build_lmdb_{split}.log",
-    wildcard_constraints:
-        split=LMDB_SPLITS,
     conda:
         "../envs/caffe.yaml"
     threads: rule_threads(config, "build_lmdb")
@@ -37,17 +35,15 @@ rule build_lmdb:
 rule check_lmdb:
     """Read the LMDB back, verify every record, write stats.csv, summary.csv and samples.png."""
     input:
-        lmdb="results/lmdb/{split}_lmdb",
-        report="results/lmdb/{split}_build.json",
-        instances="results/data/{split}/instances.json",
-        labelmap="results/labelmap/labelmap.prototxt",
-        caffe="resources/caffe/manifest.json",
+        lmdb=SPLIT_LMDB,
+        report=rules.build_lmdb.output.report,
+        instances=SPLIT_INSTANCES,
+        labelmap=LABELMAP_FILE,
+        caffe=CAFFE_MANIFEST,
     output:
         check=directory("results/lmdb/{split}_check"),
     log:
         "logs/lmdb/check_lmdb_{split}.log",
-    wildcard_constraints:
-        split=LMDB_SPLITS,
     conda:
         "../envs/caffe.yaml"
     threads: rule_threads(config, "check_lmdb")

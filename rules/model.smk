@@ -7,19 +7,19 @@
 rule make_model:
     """Write results/model/{train,test,deploy,solver}.prototxt and the resolved model_config.json."""
     input:
-        caffe="resources/caffe/manifest.json",
-        labelmap="results/labelmap/labelmap.prototxt",
-        test_name_size="results/labelmap/test_name_size.txt",
-        test_instances="results/data/test/instances.json",
+        caffe=CAFFE_MANIFEST,
+        labelmap=LABELMAP_FILE,
+        test_name_size=TEST_NAME_SIZE,
+        test_instances=TEST_INSTANCES,
         patched=patched_prototxts,
     output:
-        train="results/model/train.prototxt",
-        test="results/model/test.prototxt",
-        deploy="results/model/deploy.prototxt",
-        solver="results/model/solver.prototxt",
-        config="results/model/model_config.json",
+        train=TRAIN_NET,
+        test=TEST_NET,
+        deploy=DEPLOY_NET,
+        solver=SOLVER,
+        config=f"{MODEL_DIR}/model_config.json",
     log:
-        "logs/make_model.log",
+        "logs/model/make_model.log",
     conda:
         "../envs/caffe.yaml"
     resources:
@@ -27,12 +27,14 @@ rule make_model:
     params:
         model=json.dumps(MODEL),
         solver=json.dumps(config["solver"]),
-        device=config["train"]["device"],
+        device=TRAIN["device"],
+        train_lmdb=TRAIN_LMDB,
+        test_lmdb=TEST_LMDB,
     shell:
-        "with-caffe make_model.py --model-config {params.model:q}"
-        " --solver-config {params.solver:q} --device {params.device}"
+        "with-caffe make_model.py --model-config={params.model:q}"
+        " --solver-config={params.solver:q} --device {params.device}"
         " --labelmap {input.labelmap} --name-size {input.test_name_size}"
         " --test-instances {input.test_instances}"
-        " --train-lmdb results/lmdb/trainval_lmdb --test-lmdb results/lmdb/test_lmdb"
+        " --train-lmdb {params.train_lmdb} --test-lmdb {params.test_lmdb}"
         " --out-train {output.train} --out-test {output.test} --out-deploy {output.deploy}"
         " --out-solver {output.solver} --config-out {output.config} > {log} 2>&1"

@@ -4,11 +4,11 @@
 rule plot_report:
     """Loss curve, mAP table and a grid of detections drawn on test images, for the HTML report."""
     input:
-        train_log="results/train/train_log.csv",
-        metrics="results/evaluate/metrics.json",
-        detections="results/evaluate/detections.json",
-        instances="results/data/test/instances.json",
-        images="results/data/test/images",
+        train_log=TRAIN_LOG_CSV,
+        metrics=METRICS_JSON,
+        detections=DETECTIONS,
+        instances=TEST_INSTANCES,
+        images=TEST_IMAGES,
     output:
         loss=report(
             "results/report/loss.png",
@@ -26,7 +26,7 @@ rule plot_report:
             category="Evaluation",
         ),
     log:
-        "logs/plot_report.log",
+        "logs/report/plot_report.log",
     conda:
         "../envs/report.yaml"
     params:

@@ -1,6 +1,7 @@
-# Rules of the train stage (see README.md): fetch the optional initial weights, then train through
-# pycaffe from results/model/solver.prototxt. Snapshots live under resources/snapshots/, which
-# Snakemake leaves alone when a job fails, so a killed training resumes from the newest one.
+# Rules of the train stage (see README.md): fetch the optional initial weights and check them on the
+# test split, then train through pycaffe from results/model/solver.prototxt. Snapshots live under
+# resources/snapshots/, which Snakemake leaves alone when a job fails, so a killed training resumes
+# from the newest one.
 
 
 rule fetch_initial_weights:
@@ -8,34 +9,62 @@ rule fetch_initial_weights:
     output:
         weights=INITIAL_WEIGHTS,
     log:
-        "logs/fetch_initial_weights.log",
+        "logs/train/fetch_initial_weights.log",
     conda:
         "../envs/data.yaml"
     params:
         source=TRAIN["initial_weights"],
         sha256=TRAIN["initial_weights_sha256"],
     shell:
-        "fetch_weights.py --source {params.source:q} --sha256 {params.sha256:q}"
+        "fetch_weights.py --source={params.source:q} --sha256={params.sha256:q}"
         " --out {output.weights} > {log} 2>&1"
+
+
+rule check_initial_weights:
+    """Before training: the initial weights' mAP on the test split and whether their detection head looks trained."""
+    input:
+        **TEST_SPLIT_INPUTS,
+        weights=INITIAL_WEIGHTS,
+    output:
+        report_json="results/train/initial_weights_check.json",
+        report_csv="results/train/initial_weights_check.csv",
+    log:
+        "logs/train/check_initial_weights.log",
+    conda:
+        "../envs/caffe.yaml"
+    threads: rule_threads(config, "check_initial_weights")
+    resources:
+        **caffe_rule_resources("check_initial_weights"),
+    params:
+        device=TRAIN["device"],
+        batch_size=EVALUATE["batch_size"],
+        chance_ap50=EVALUATE["chance_ap50"],
+    shell:
+        "with-caffe --threads {threads} check_weights.py --weights {input.weights}"
+        + TEST_SPLIT_FLAGS
+        + (
+            " --chance-ap50 {params.chance_ap50}"
+            " --report-json {output.report_json} --report-csv {output.report_csv} > {log} 2>&1"
+        )
 
 
 rule train:
     """Train MobileNetV2-SSDLite with pycaffe; results/train/final.caffemodel and the log as CSV."""
     input:
-        caffe="resources/caffe/manifest.json",
-        solver="results/model/solver.prototxt",
-        train_net="results/model/train.prototxt",
-        test_net="results/model/test.prototxt",
-        train_lmdb="results/lmdb/trainval_lmdb",
-        test_lmdb="results/lmdb/test_lmdb",
-        test_name_size="results/labelmap/test_name_size.txt",
-        labelmap="results/labelmap/labelmap.prototxt",
+        caffe=CAFFE_MANIFEST,
+        solver=SOLVER,
+        train_net=TRAIN_NET,
+        test_net=TEST_NET,
+        train_lmdb=TRAIN_LMDB,
+        test_lmdb=TEST_LMDB,
+        test_name_size=TEST_NAME_SIZE,
+        labelmap=LABELMAP_FILE,
         initial_weights=initial_weights_input,
     output:
-        weights="results/train/final.caffemodel",
-        log_csv="results/train/train_log.csv",
+        weights=TRAINED_WEIGHTS,
+        log_csv=TRAIN_LOG_CSV,
     log:
-        "logs/train.log",
+        "logs/train/train.log",
     conda:
         "../envs/caffe.yaml"
     threads: rule_threads(config, "train")
@@ -43,13 +72,13 @@ rule train:
         **caffe_rule_resources("train"),
     params:
         device=TRAIN["device"],
+        snapshot_root=SNAPSHOT_ROOT,
         snapshot_interval=TRAIN["snapshot_interval"],
         keep_snapshots=TRAIN["keep_snapshots"],
         initial_weights=initial_weights_flag,
     shell:
-        "OPENBLAS_NUM_THREADS={threads} OMP_NUM_THREADS={threads}"
-        " with-caffe train.py --solver {input.solver}"
+        "with-caffe --threads {threads} train.py --solver {input.solver}"
         " --weights-out {output.weights} --log-csv {output.log_csv}"
-        " --snapshot-root resources/snapshots --device {params.device}"
+        " --snapshot-root {params.snapshot_root} --device {params.device}"
         " --snapshot-interval {params.snapshot_interval} --keep-snapshots {params.keep_snapshots}"
         " {params.initial_weights} > {log} 2>&1"

@@ -2,11 +2,10 @@
 """Read a built LMDB back, verify every record, write stats (CSV) and a picture of sample records (PNG)."""
 
 import argparse
-import sys
 
-from ssdlite_coco.labelmap import LabelmapError
-from ssdlite_coco.lmdb.check import LmdbCheckError, check_lmdb
-from ssdlite_coco.lmdb.records import CocoFileError
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.lmdb.check import check_lmdb
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -16,19 +15,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instances", required=True, help="COCO instances JSON it was built from")
     parser.add_argument("--labelmap", required=True, help="labelmap prototxt it was built with")
     parser.add_argument("--out", required=True, help="folder to write stats.csv, summary.csv, samples.png")
-    parser.add_argument("--readers", type=int, default=2, help="threads decoding the images")
+    parser.add_argument(
+        "--readers", type=int, default=schema_default("lmdb.readers"), help="threads decoding the images"
+    )
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        summary = check_lmdb(args.lmdb, args.report, args.instances, args.labelmap, args.out, readers=args.readers)
-    except (LmdbCheckError, LabelmapError, CocoFileError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    summary = check_lmdb(args.lmdb, args.report, args.instances, args.labelmap, args.out, readers=args.readers)
     print(f"ok: {args.lmdb}: {summary['records']} records and {summary['boxes']} boxes verified; stats in {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

@@ -2,10 +2,11 @@
 """Check initial weights before training: their mAP on the test split and whether the detection head looks trained."""
 
 import argparse
-import json
 import os
-import sys
 from pathlib import Path
+
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
 
 os.environ.setdefault("GLOG_minloglevel", "1")
 
@@ -18,12 +19,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name-size", required=True, type=Path)
     parser.add_argument("--labelmap", required=True, type=Path)
     parser.add_argument("--instances", required=True, type=Path)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=schema_default("train.device"))
+    parser.add_argument("--batch-size", type=int, default=schema_default("evaluate.batch_size"))
     parser.add_argument(
         "--chance-ap50",
         type=float,
-        default=0.01,
+        default=schema_default("evaluate.chance_ap50"),
         help="COCO AP50 at or below which the weights count as untrained for this net",
     )
     parser.add_argument("--report-json", required=True, type=Path)
@@ -32,63 +33,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    import pandas as pd
+    from ssdlite_coco.caffe_tools.device import select_device
+    from ssdlite_coco.train.initial_weights import check_initial_weights, write_check_report
 
-    from ssdlite_coco.caffe_tools.weights import conf_head_statistics, format_copy_table
-    from ssdlite_coco.common.atomic import atomic_write_text
-    from ssdlite_coco.evaluate.coco_scoring import CocoEvalError, evaluate_test_split
-    from ssdlite_coco.evaluate.test_net import DetectionError, read_net
-    from ssdlite_coco.train.runner import TrainingError, select_device
-
-    try:
-        select_device(args.device)
-        metrics, _, result = evaluate_test_split(
-            args.test_net,
-            args.weights,
-            args.lmdb,
-            args.name_size,
-            args.labelmap,
-            args.instances,
-            max_batch=args.batch_size,
-            strict=False,
-            log=lambda message: print(message, flush=True),
-        )
-        net_param = read_net(args.test_net)
-    except (CocoEvalError, DetectionError, TrainingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"initial weights {args.weights} copied by layer name into {args.test_net}:")
-    print(format_copy_table(result.copied))
-    output = next(layer for layer in net_param.layer if layer.type == "DetectionOutput")
-    head = conf_head_statistics(net_param, result.params, result.copied, output.detection_output_param.num_classes)
-    above_chance = metrics["stats"]["AP50"] > args.chance_ap50
-    looks_trained = head["heads_from_weights"] and above_chance
-    report = {
-        "weights": str(args.weights),
-        "coco": metrics["stats"],
-        "detection_eval": metrics["detection_eval"],
-        "chance_ap50": args.chance_ap50,
-        "map_above_chance": above_chance,
-        **head,
-        "head_looks_trained": looks_trained,
-        "layers": {
-            status: sum(row.status == status for row in result.copied)
-            for status in ("copied", "shape mismatch", "not in weights", "not in net")
-        },
+    select_device(args.device)
+    test_split = {
+        "lmdb": args.lmdb,
+        "name_size": args.name_size,
+        "labelmap": args.labelmap,
+        "instances": args.instances,
     }
-    print(metrics["summary"], end="")
-    print(
-        f"detection_eval {metrics['detection_eval']}; conf heads from the weights: {head['heads_from_weights']}; "
-        f"background bias margin {head['mean_background_bias_margin']} (trained-looking: "
-        f"{head['head_biases_trained']}); AP50 above chance ({args.chance_ap50}): {above_chance}"
+    report = check_initial_weights(
+        args.test_net,
+        args.weights,
+        test_split,
+        args.chance_ap50,
+        batch_size=args.batch_size,
+        log=lambda message: print(message, flush=True),
     )
-    print(f"verdict: the detection head {'looks trained' if looks_trained else 'does NOT look trained'}")
-    atomic_write_text(args.report_json, json.dumps(report, indent=2) + "\n")
-    rows = [{"check": key, "value": value} for key, value in report.items() if not isinstance(value, (dict, list))]
-    rows += [{"check": f"coco/{key}", "value": value} for key, value in metrics["stats"].items()]
-    atomic_write_text(args.report_csv, pd.DataFrame(rows).to_csv(index=False))
+    write_check_report(report, args.report_json, args.report_csv)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

@@ -4,7 +4,9 @@
 import argparse
 import sys
 
-from ssdlite_coco.common.download import DownloadError, download_file
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.download import download_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -12,7 +14,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", required=True)
     parser.add_argument("--sha1", default="", help="expected SHA-1 (hex); empty: do not check")
     parser.add_argument("--out", required=True, help="file to write (bytes accumulate in OUT.part)")
-    parser.add_argument("--retries", type=int, default=5, help="resumes after a dropped connection")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=schema_default("dataset.download.retries"),
+        help="resumes after a dropped connection",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before retrying")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -21,21 +28,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     if not args.sha1:
         print(f"warning: no SHA-1 given for {args.url}; the download is not verified", file=sys.stderr)
-    try:
-        download_file(
-            args.url,
-            args.out,
-            sha1=args.sha1 or None,
-            retries=args.retries,
-            timeout=args.timeout,
-            progress=not args.no_progress,
-        )
-    except DownloadError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    download_file(
+        args.url,
+        args.out,
+        sha1=args.sha1 or None,
+        retries=args.retries,
+        timeout=args.timeout,
+        progress=not args.no_progress,
+    )
     print(f"downloaded {args.url} -> {args.out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

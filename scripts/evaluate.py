@@ -4,8 +4,10 @@
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
+
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
 
 os.environ.setdefault("GLOG_minloglevel", "1")
 
@@ -18,8 +20,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name-size", required=True, type=Path, help="results/labelmap/test_name_size.txt")
     parser.add_argument("--labelmap", required=True, type=Path, help="results/labelmap/labelmap.prototxt")
     parser.add_argument("--instances", required=True, type=Path, help="results/data/test/instances.json")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--batch-size", type=int, default=8, help="largest test batch (a divisor of the image count)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=schema_default("train.device"))
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=schema_default("evaluate.batch_size"),
+        help="largest test batch (a divisor of the image count)",
+    )
     parser.add_argument("--metrics-json", required=True, type=Path)
     parser.add_argument("--metrics-csv", required=True, type=Path)
     parser.add_argument("--per-class-csv", required=True, type=Path)
@@ -28,26 +35,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ssdlite_coco.caffe_tools.device import select_device
     from ssdlite_coco.common.atomic import atomic_write_text
-    from ssdlite_coco.evaluate.coco_scoring import CocoEvalError, evaluate_test_split, write_metrics
-    from ssdlite_coco.evaluate.test_net import DetectionError
-    from ssdlite_coco.train.runner import TrainingError, select_device
+    from ssdlite_coco.evaluate.coco_scoring import evaluate_test_split, write_metrics
 
-    try:
-        select_device(args.device)
-        metrics, detections, _ = evaluate_test_split(
-            args.test_net,
-            args.weights,
-            args.lmdb,
-            args.name_size,
-            args.labelmap,
-            args.instances,
-            max_batch=args.batch_size,
-            log=lambda message: print(message, flush=True),
-        )
-    except (CocoEvalError, DetectionError, TrainingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    select_device(args.device)
+    metrics, detections, _ = evaluate_test_split(
+        args.test_net,
+        args.weights,
+        args.lmdb,
+        args.name_size,
+        args.labelmap,
+        args.instances,
+        max_batch=args.batch_size,
+        log=lambda message: print(message, flush=True),
+    )
     print(metrics["summary"], end="")
     print(f"detection_eval (Caffe, VOC 11-point AP@0.5): {metrics['detection_eval']}")
     atomic_write_text(args.detections, json.dumps(detections) + "\n")
@@ -56,4 +58,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

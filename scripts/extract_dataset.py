@@ -2,10 +2,9 @@
 """Extract one COCO 2017 split (images + instances JSON) from the downloaded archives."""
 
 import argparse
-import sys
 
+from ssdlite_coco.common.cli import run
 from ssdlite_coco.dataset.coco2017 import extract_split
-from ssdlite_coco.dataset.coco_json import DatasetError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -20,21 +19,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        count = extract_split(
-            args.images_zip,
-            args.annotations_zip,
-            args.coco_split,
-            args.out_instances,
-            args.out_images,
-            progress=not args.no_progress,
-        )
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    count = extract_split(
+        args.images_zip,
+        args.annotations_zip,
+        args.coco_split,
+        args.out_instances,
+        args.out_images,
+        progress=not args.no_progress,
+    )
     print(f"{args.coco_split}: {count} images -> {args.out_images}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

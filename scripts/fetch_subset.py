@@ -3,10 +3,10 @@
 
 import argparse
 import json
-import sys
 
-from ssdlite_coco.dataset.coco2017 import OFFICIAL_BASE_URL, fetch_subset
-from ssdlite_coco.dataset.coco_json import DatasetError
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.dataset.coco2017 import fetch_subset
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -14,10 +14,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--annotations-zip", required=True, help="annotations_trainval2017.zip")
     parser.add_argument("--coco-split", required=True, help="train2017 or val2017")
     parser.add_argument("--images", type=int, required=True, help="number of images to pick")
-    parser.add_argument("--seed", type=int, default=0, help="which images are picked")
-    parser.add_argument("--base-url", default=OFFICIAL_BASE_URL, help="mirror replacing the coco_url host")
+    parser.add_argument(
+        "--seed", type=int, default=schema_default("dataset.subset.seed"), help="which images are picked"
+    )
+    parser.add_argument(
+        "--base-url", default=schema_default("dataset.download.base_url"), help="mirror replacing the coco_url host"
+    )
     parser.add_argument("--cache-dir", required=True, help="downloaded images, kept across runs")
-    parser.add_argument("--retries", type=int, default=5)
+    parser.add_argument("--retries", type=int, default=schema_default("dataset.download.retries"))
     parser.add_argument("--out-instances", required=True)
     parser.add_argument("--out-images", required=True)
     parser.add_argument("--no-progress", action="store_true")
@@ -25,25 +29,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        counts = fetch_subset(
-            args.annotations_zip,
-            args.coco_split,
-            args.images,
-            args.seed,
-            args.cache_dir,
-            args.out_instances,
-            args.out_images,
-            base_url=args.base_url,
-            retries=args.retries,
-            progress=not args.no_progress,
-        )
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    counts = fetch_subset(
+        args.annotations_zip,
+        args.coco_split,
+        args.images,
+        args.seed,
+        args.cache_dir,
+        args.out_instances,
+        args.out_images,
+        base_url=args.base_url,
+        retries=args.retries,
+        progress=not args.no_progress,
+    )
     print(f"{args.coco_split} subset: {json.dumps(counts)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

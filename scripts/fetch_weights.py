@@ -2,8 +2,9 @@
 """Put initial weights (a local .caffemodel, or a URL checked against its sha256) at a path, atomically."""
 
 import argparse
-import sys
 from pathlib import Path
+
+from ssdlite_coco.common.cli import run
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -16,16 +17,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.caffe_tools.weights import WeightsError, fetch_weights, sha256_of
+    from ssdlite_coco.common.digests import file_digest
+    from ssdlite_coco.train.fetch_weights import fetch_weights
 
-    try:
-        fetch_weights(args.source, args.sha256, args.out, timeout=args.timeout)
-    except WeightsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"{args.out}: sha256 {sha256_of(args.out)} (from {args.source})")
+    fetch_weights(args.source, args.sha256, args.out, timeout=args.timeout)
+    print(f"{args.out}: sha256 {file_digest(args.out)} (from {args.source})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

@@ -2,10 +2,10 @@
 """Write the Caffe-SSD labelmap of the dataset and the name-size file (image_id height width) per split."""
 
 import argparse
-import sys
 
-from ssdlite_coco.labelmap import MODES, LabelmapError, make_labelmap
-from ssdlite_coco.lmdb.records import CocoFileError
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.labelmap import MODES, make_labelmap
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode",
         choices=MODES,
-        default="coco81",
+        default=schema_default("labelmap.mode"),
         help="coco81: background + contiguous labels (SSD); coco91: label = COCO category id",
     )
     parser.add_argument(
@@ -28,20 +28,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        items = make_labelmap(
-            {"trainval": args.trainval, "test": args.test},
-            args.labelmap_out,
-            {"trainval": args.trainval_name_size_out, "test": args.test_name_size_out},
-            mode=args.mode,
-            user_labelmap=args.labelmap_file or None,
-        )
-    except (LabelmapError, CocoFileError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    items = make_labelmap(
+        {"trainval": args.trainval, "test": args.test},
+        args.labelmap_out,
+        {"trainval": args.trainval_name_size_out, "test": args.test_name_size_out},
+        mode=args.mode,
+        user_labelmap=args.labelmap_file or None,
+    )
     print(f"ok: {args.labelmap_out}: {len(items)} labels (background included)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

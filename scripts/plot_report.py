@@ -2,8 +2,10 @@
 """Draw the report's figures: loss curve, mAP table (HTML) and a grid of detections on test images."""
 
 import argparse
-import sys
 from pathlib import Path
+
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -13,8 +15,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detections", required=True, type=Path, help="results/evaluate/detections.json")
     parser.add_argument("--instances", required=True, type=Path, help="results/data/test/instances.json")
     parser.add_argument("--images", required=True, type=Path, help="results/data/test/images")
-    parser.add_argument("--num-images", type=int, default=12, help="test images in the detection grid")
-    parser.add_argument("--score-threshold", type=float, default=0.3, help="lowest score drawn")
+    parser.add_argument(
+        "--num-images",
+        type=int,
+        default=schema_default("evaluate.report_images"),
+        help="test images in the detection grid",
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=schema_default("evaluate.report_score_threshold"),
+        help="lowest score drawn",
+    )
     parser.add_argument("--loss-png", required=True, type=Path)
     parser.add_argument("--metrics-html", required=True, type=Path)
     parser.add_argument("--detections-image", required=True, type=Path)
@@ -22,24 +34,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.report.figures import ReportError, detection_grid, metrics_html, plot_loss
+    from ssdlite_coco.report.figures import detection_grid, metrics_html, plot_loss
 
-    try:
-        plot_loss(args.train_log, args.loss_png)
-        metrics_html(args.metrics, args.metrics_html)
-        detection_grid(
-            args.detections,
-            args.instances,
-            args.images,
-            args.detections_image,
-            num_images=args.num_images,
-            score_threshold=args.score_threshold,
-        )
-    except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    plot_loss(args.train_log, args.loss_png)
+    metrics_html(args.metrics, args.metrics_html)
+    detection_grid(
+        args.detections,
+        args.instances,
+        args.images,
+        args.detections_image,
+        num_images=args.num_images,
+        score_threshold=args.score_threshold,
+    )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

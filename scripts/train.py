@@ -3,8 +3,10 @@
 
 import argparse
 import os
-import sys
 from pathlib import Path
+
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
 
 os.environ.setdefault("GLOG_minloglevel", "1")  # Caffe's INFO lines would bury the progress lines
 
@@ -20,12 +22,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=Path("resources/snapshots"),
         help="where snapshots live between runs (not deleted when a job fails)",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=schema_default("train.device"))
     parser.add_argument("--initial-weights", type=Path, default=None, help=".caffemodel copied by layer name")
     parser.add_argument(
-        "--snapshot-interval", type=int, default=0, help="iterations between snapshots (0: the solver's snapshot value)"
+        "--snapshot-interval",
+        type=int,
+        default=schema_default("train.snapshot_interval"),
+        help="iterations between snapshots (0: the solver's snapshot value)",
     )
-    parser.add_argument("--keep-snapshots", type=int, default=2, help="how many snapshots to keep")
+    parser.add_argument(
+        "--keep-snapshots", type=int, default=schema_default("train.keep_snapshots"), help="how many snapshots to keep"
+    )
     parser.add_argument(
         "--progress-interval", type=int, default=0, help="iterations between progress lines (0: the solver's display)"
     )
@@ -33,8 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.caffe_tools.weights import WeightsError
-    from ssdlite_coco.train.runner import TrainingError, TrainSettings, train
+    from ssdlite_coco.train.runner import TrainSettings, train
 
     settings = TrainSettings(
         solver=args.solver,
@@ -47,13 +53,9 @@ def main(args: argparse.Namespace) -> int:
         keep_snapshots=args.keep_snapshots,
         progress_interval=args.progress_interval,
     )
-    try:
-        train(settings, log=lambda message: print(message, flush=True))
-    except (TrainingError, WeightsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    train(settings, log=lambda message: print(message, flush=True))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ssdlite_coco.caffe_tools.prototxt import PrototxtError, parse_prototxt
 from ssdlite_coco.common.errors import SsdliteError
 
 BACKGROUND_NAME = "none_of_the_above"
@@ -95,16 +96,11 @@ def format_labelmap(items: Iterable[LabelmapItem]) -> str:
 def parse_labelmap(text: str, source: str = "labelmap") -> list[LabelmapItem]:
     """Parse Caffe ``LabelMap`` prototxt text; raise LabelmapError naming ``source`` if it is not one."""
     from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
 
-    message = caffe_pb2.LabelMap()
     try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as error:
-        raise LabelmapError(
-            f"{source}: not a Caffe LabelMap prototxt ({error}); expected "
-            "'item {{ name: ... label: ... display_name: ... }}' blocks"
-        ) from None
+        message = parse_prototxt(text, caffe_pb2.LabelMap(), source)
+    except PrototxtError as error:
+        raise LabelmapError(f"{error}; expected 'item {{ name: ... label: ... display_name: ... }}' blocks") from None
     items = []
     for index, item in enumerate(message.item):
         if not item.HasField("name") or not item.HasField("label"):
@@ -195,12 +191,39 @@ def format_name_size(images: Iterable[Mapping[str, Any]]) -> str:
 
 
 def read_name_size(path: str | os.PathLike) -> list[tuple[int, int, int]]:
+    """``(image_id, height, width)`` per line of a name-size file, in LMDB order."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelmapError(f"{path}: name-size file not found (made by the labelmap rule)")
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.strip():
-            image_id, height, width = line.split()
-            rows.append((int(image_id), int(height), int(width)))
+            fields = line.split()
+            if len(fields) != 3 or not all(field.lstrip("-").isdigit() for field in fields):
+                raise LabelmapError(f"{path}: every line must be 'image_id height width' (three integers)")
+            rows.append((int(fields[0]), int(fields[1]), int(fields[2])))
+    if not rows:
+        raise LabelmapError(f"{path}: lists no images")
     return rows
+
+
+def label_to_category(items: Iterable[LabelmapItem], source: str = "the labelmap") -> dict[int, int]:
+    """Net label → COCO category id: the inverse of ``category_to_label``.
+
+    The background and placeholder items (``unused_12``) map to nothing: their detections are dropped.
+    """
+    mapping = {label: category for category, label in category_to_label(items).items()}
+    if not mapping:
+        raise LabelmapError(
+            f'{source}: no item has a COCO category id as its name (e.g. name: "1"); '
+            "generate the labelmap with the labelmap rule"
+        )
+    return mapping
+
+
+def num_classes_of(labelmap_path: str | os.PathLike) -> int:
+    """Classes a net needs for the labelmap at ``labelmap_path``: the highest label + 1 (0 is the background)."""
+    return max(item.label for item in read_labelmap(labelmap_path)) + 1
 
 
 def make_labelmap(
@@ -213,11 +236,11 @@ def make_labelmap(
     """Write the labelmap (generated in ``mode`` from the first split's categories, or the checked
     ``user_labelmap``) and one name-size file per split; every split's categories must fit the labelmap."""
     from ssdlite_coco.common.atomic import atomic_write_text
-    from ssdlite_coco.lmdb.records import load_coco
+    from ssdlite_coco.dataset.coco_json import load_instances
 
     if set(out_name_sizes) != set(instances):
         raise ValueError("give one name-size output per split")
-    datasets = {split: load_coco(path) for split, path in instances.items()}
+    datasets = {split: load_instances(path) for split, path in instances.items()}
     first_split = next(iter(datasets))
     if user_labelmap:
         items = read_labelmap(user_labelmap)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from tests.helpers import run_python, write_annotated_lmdb
+from tests.support.helpers import run_python, write_annotated_lmdb
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe (make test does)")
 from caffe.proto import caffe_pb2  # noqa: E402

@@ -92,7 +92,7 @@ def test_missing_or_unparsable_annotation_file(local_copy, tmp_path):
     with pytest.raises(DatasetError, match=rf"{instances}: not valid JSON"):
         validate_dataset(instances, images)
     instances.write_text("[]")
-    with pytest.raises(DatasetError, match=r"top level is a list"):
+    with pytest.raises(DatasetError, match=r"top level is a JSON list"):
         validate_dataset(instances, images)
 
 

@@ -95,11 +95,24 @@ def test_the_embedded_config_is_valid(repo_root, schema_path):
     assert filled["resources"]["rules"]["caffe_build"]["cpus_per_task"] == 2
 
 
-def test_other_config_files_are_valid(repo_root, schema_path):
+def _kept(given, filled) -> bool:
+    """Whether every value of ``given`` (nested) is in ``filled`` unchanged."""
+    if isinstance(given, dict):
+        return isinstance(filled, dict) and all(
+            key in filled and _kept(value, filled[key]) for key, value in given.items()
+        )
+    return given == filled
+
+
+def test_other_config_files_are_valid_and_keep_their_values(repo_root, schema_path):
+    sections = set(load_schema(schema_path)["properties"])
     for path in sorted((repo_root / "config").glob("*.yaml")):
         if path.name == "schema.yaml":
             continue
-        validate_config(yaml.safe_load(path.read_text()) or {}, schema_path)
+        given = yaml.safe_load(path.read_text()) or {}
+        filled = validate_config(given, schema_path)
+        assert set(filled) == sections, path
+        assert _kept(given, filled), f"{path}: validation changed a value the file gives"
 
 
 def test_given_values_win_over_defaults_and_the_input_is_not_changed(schema_path):

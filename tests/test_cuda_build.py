@@ -112,7 +112,7 @@ def test_manifest_records_the_cuda_build(cuda_prefix):
 
 @needs_cuda_build
 def test_gpu_mode_without_a_gpu_fails_with_one_clear_line(cuda_prefix):
-    from ssdlite_coco.train.runner import cuda_device_count
+    from ssdlite_coco.caffe_tools.device import cuda_device_count
 
     if cuda_device_count()[0] > 0:
         pytest.skip("this machine has a GPU")
@@ -125,8 +125,8 @@ def test_gpu_mode_without_a_gpu_fails_with_one_clear_line(cuda_prefix):
         GLOG_minloglevel="2",
     )
     code = (
-        "from ssdlite_coco.train.runner import TrainingError, select_device\n"
-        "try:\n    select_device('cuda')\nexcept TrainingError as error:\n    print('error:', error)\n"
+        "from ssdlite_coco.caffe_tools.device import DeviceError, select_device\n"
+        "try:\n    select_device('cuda')\nexcept DeviceError as error:\n    print('error:', error)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120

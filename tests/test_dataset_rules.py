@@ -14,7 +14,7 @@ import yaml
 
 from ssdlite_coco.dataset.coco_json import validate_dataset
 from ssdlite_coco.dataset.demo import generate_split
-from tests.http_server import FileServer, build_coco_mirror
+from tests.support.http_server import FileServer, build_coco_mirror
 
 TARGETS = [
     "results/data/trainval/instances.json",
@@ -78,7 +78,7 @@ def test_download_source_with_a_wrong_sha1_fails_and_names_the_archive(repo_root
         dataset = {"source": "download", "download": {"base_url": server.base_url, "sha1": sha1}}
         result = snakemake(repo_root, tmp_path / "wf", dataset, "--keep-going")
     assert result.returncode != 0
-    log = (tmp_path / "wf" / "logs" / "dataset" / "download_val2017.log").read_text()
+    log = (tmp_path / "wf" / "logs" / "dataset" / "dataset_download_archive_val2017.log").read_text()
     assert f"error: {server.base_url}/zips/val2017.zip: SHA-1 mismatch: expected {'f' * 40}" in log
     downloads = tmp_path / "wf" / "resources" / "downloads"
     assert not (downloads / "val2017.zip").exists() and not (downloads / "val2017.zip.part").exists()
@@ -129,7 +129,7 @@ def test_local_source_problems_are_named(repo_root, coco_mini_dir, tmp_path):
     result = snakemake(repo_root, tmp_path / "wf", {"source": "local", "local": {"trainval": split, "test": split}})
     assert result.returncode != 0
     # both splits use the bad file; whichever job Snakemake ran first failed and stopped the run
-    logs = sorted((tmp_path / "wf" / "logs" / "dataset").glob("local_*.log"))
+    logs = sorted((tmp_path / "wf" / "logs" / "dataset").glob("dataset_local_*.log"))
     expected = f"error: {bad}: no 'categories' list; a COCO instances file has images, annotations and categories"
     assert logs and all(log.read_text().strip() == expected for log in logs)
     assert not list((tmp_path / "wf" / "results" / "data").glob("*/instances.json"))

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from tests.tiny_ssd import make_tiny_world
+from tests.support.tiny_ssd import make_tiny_world
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
 from caffe.proto import caffe_pb2  # noqa: E402
 
-from ssdlite_coco.evaluate.test_net import transform_settings  # noqa: E402
 from ssdlite_coco.export.fold import (  # noqa: E402
     check_folding,
     export_deploy,
     fold_batchnorm,
 )
+from ssdlite_coco.export.preprocess import transform_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,7 +158,7 @@ def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tm
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "export_deploy.py"),
+            str(REPO / "scripts" / "export.py"),
             "--deploy-net",
             str(world.deploy_net),
             "--weights",
@@ -193,7 +193,7 @@ def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tm
 
 def test_export_of_weights_for_another_net_fails_in_one_line(world_and_weights, tmp_path):
     world, _ = world_and_weights
-    from tests.tiny_ssd import deploy_net_text
+    from tests.support.tiny_ssd import deploy_net_text
 
     other = tmp_path / "other.prototxt"
     other.write_text(deploy_net_text(num_classes=7))
@@ -201,7 +201,7 @@ def test_export_of_weights_for_another_net_fails_in_one_line(world_and_weights, 
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "export_deploy.py"),
+            str(REPO / "scripts" / "export.py"),
             "--deploy-net",
             str(world.deploy_net),
             "--weights",

@@ -10,21 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import caffe_logs_env
-from tests.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
+from tests.support.helpers import caffe_logs_env
+from tests.support.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
 
+from ssdlite_coco.evaluate.detection_eval import DetectionEvalAccumulator, compute_ap  # noqa: E402
 from ssdlite_coco.evaluate.test_net import (  # noqa: E402
     DetectionError,
-    DetectionEvalAccumulator,
-    compute_ap,
-    label_to_category,
     largest_divisor_at_most,
-    read_image_sizes,
     run_test_net,
     to_coco_detections,
 )
+from ssdlite_coco.labelmap import LabelmapError, label_to_category, read_labelmap, read_name_size  # noqa: E402
 from ssdlite_coco.train.log import parse_caffe_log  # noqa: E402
 from ssdlite_coco.train.runner import TrainSettings, train  # noqa: E402
 
@@ -76,11 +74,11 @@ def test_rows_become_coco_detections_in_pixels_with_ids_from_the_name_size_file(
 
 def test_labelmap_names_are_category_ids(trained):
     world, _ = trained
-    assert label_to_category(world.labelmap) == {1: 1, 2: 3, 3: 62}
+    assert label_to_category(read_labelmap(world.labelmap)) == {1: 1, 2: 3, 3: 62}
     bad = world.folder / "bad_labelmap.prototxt"
     bad.write_text('item { name: "none_of_the_above" label: 0 }\nitem { name: "person" label: 1 }\n')
-    with pytest.raises(DetectionError, match="category id as its name"):
-        label_to_category(bad)
+    with pytest.raises(LabelmapError, match="bad_labelmap.prototxt: no item has a COCO category id as its name"):
+        label_to_category(read_labelmap(bad), str(bad))
 
 
 def test_compute_ap_11point_by_hand():
@@ -167,8 +165,8 @@ def test_detections_carry_the_coco_ids_of_the_test_images(trained):
         max_batch=8,
         log=lambda message: None,
     )
-    ids = {image_id for image_id, _, _ in read_image_sizes(world.test_name_size)}
-    sizes = {image_id: (height, width) for image_id, height, width in read_image_sizes(world.test_name_size)}
+    ids = {image_id for image_id, _, _ in read_name_size(world.test_name_size)}
+    sizes = {image_id: (height, width) for image_id, height, width in read_name_size(world.test_name_size)}
     assert {det["image_id"] for det in result.detections} <= ids
     assert {det["category_id"] for det in result.detections} <= {1, 3, 62}
     for det in result.detections:
@@ -215,8 +213,8 @@ def test_weights_for_another_net_are_refused_when_strict(trained, tmp_path):
 
 
 def test_missing_name_size_file_is_named(tmp_path):
-    with pytest.raises(DetectionError, match="name-size file not found"):
-        read_image_sizes(tmp_path / "nope.txt")
+    with pytest.raises(LabelmapError, match="nope.txt: name-size file not found"):
+        read_name_size(tmp_path / "nope.txt")
     assert Path(tmp_path).is_dir()
 
 

@@ -21,7 +21,7 @@ from ssdlite_coco.dataset.coco2017 import (
     fetch_subset,
 )
 from ssdlite_coco.dataset.coco_json import DatasetError, select_image_ids, validate_dataset
-from tests.http_server import FileServer, build_coco_mirror, write_annotations_zip
+from tests.support.http_server import FileServer, build_coco_mirror, write_annotations_zip
 
 
 def _sha1(path: Path) -> str:

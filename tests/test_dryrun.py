@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.workflow_run import copy_workflow, output_tail, planned_rules, run_snakemake
+from tests.support.workflow_run import copy_workflow, output_tail, planned_rules, run_snakemake
 
 # Config files that must plan with no data present, and the rules each plan must contain.
 # config/coco.yaml is the full COCO configuration (skipped until it exists).

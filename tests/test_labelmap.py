@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ssdlite_coco.dataset.coco_json import DatasetError
 from ssdlite_coco.labelmap import (
     LabelmapError,
     check_labelmap,
@@ -19,8 +20,7 @@ from ssdlite_coco.labelmap import (
     read_labelmap,
     read_name_size,
 )
-from ssdlite_coco.lmdb.records import CocoFileError
-from tests.lmdb_helpers import MINI_JSON, load_mini
+from tests.support.lmdb_helpers import MINI_JSON, load_mini
 
 # COCO category ids that no category uses (the gaps of the 91-class numbering).
 COCO_UNUSED_IDS = [12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
@@ -139,7 +139,7 @@ def test_make_labelmap_refuses_a_file_that_is_not_coco(coco_mini_dir, tmp_path):
     not_coco = tmp_path / "list.json"
     not_coco.write_text(json.dumps([{"image": "a.jpg", "boxes": []}]))
     out = tmp_path / "out"
-    with pytest.raises(CocoFileError, match=r"list\.json: top level is a JSON list; expected a COCO instances"):
+    with pytest.raises(DatasetError, match=r"list\.json: top level is a JSON list; expected a COCO instances"):
         make_labelmap({"trainval": coco_mini_dir / MINI_JSON, "test": not_coco}, out / "labelmap.prototxt",
                       {"trainval": out / "a.txt", "test": out / "b.txt"})  # fmt: skip
     assert not out.exists() or not any(out.iterdir())

@@ -1,4 +1,4 @@
-"""Hygiene that CI enforces: ruff, snakefmt and `snakemake --lint` clean; each rule has a pinned conda env."""
+"""Hygiene that CI enforces: ruff (check and format), snakefmt and `snakemake --lint` clean; pinned conda envs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_run import copy_workflow, output_tail, run_snakemake, workflow_rules
+from tests.support.workflow_run import copy_workflow, output_tail, run_snakemake, workflow_rules
 
 CHANNELS = ["conda-forge", "nodefaults"]
 # Rules that run nothing (only gather inputs) need no environment.
@@ -28,6 +28,11 @@ def _tool(repo_root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_ruff_is_clean(repo_root):
     result = _tool(repo_root, "ruff", "check", "--output-format=concise", ".")
     assert result.returncode == 0, f"ruff check .:\n{output_tail(result, 60)}"
+
+
+def test_ruff_format_is_clean(repo_root):
+    result = _tool(repo_root, "ruff", "format", "--check", ".")
+    assert result.returncode == 0, f"ruff format --check .:\n{output_tail(result, 60)}"
 
 
 def test_snakefmt_is_clean(repo_root):

@@ -12,10 +12,10 @@ from pathlib import Path
 import lmdb
 import pytest
 
+from ssdlite_coco.dataset.coco_json import DatasetError
 from ssdlite_coco.lmdb.check import check_lmdb
-from ssdlite_coco.lmdb.records import CocoFileError
 from ssdlite_coco.lmdb.writer import BuildOptions, LmdbBuildError, build_lmdb
-from tests.lmdb_helpers import make_split, write_labelmap
+from tests.support.lmdb_helpers import make_split, write_labelmap
 
 IMAGE_IDS = [9, 25, 30, 34]
 BAD_ID = 25
@@ -161,7 +161,7 @@ def test_annotation_file_that_is_not_coco(repo_root, coco_mini_dir, tmp_path):
         ('{"images": [{"id": "a.jpg"}], "annotations": [], "categories": []}', "images[0] needs integer"),
     ]:
         instances.write_text(text)
-        with pytest.raises(CocoFileError, match="COCO|integer"):
+        with pytest.raises(DatasetError, match="COCO|integer"):
             build_lmdb(instances, images, labelmap, tmp_path / "lmdb", tmp_path / "r.json",
                        BuildOptions(on_bad_record="skip", progress=False))  # fmt: skip
         done = build_cli(repo_root, instances, images, labelmap, tmp_path / "out", "--on-bad-record", "skip")

@@ -19,7 +19,7 @@ from PIL import Image
 from ssdlite_coco.lmdb.image_bytes import prepare_image_bytes
 from ssdlite_coco.lmdb.records import Box, ImageRecord
 from ssdlite_coco.lmdb.writer import BuildOptions, _Writer, annotated_datum, build_lmdb, serialize_record
-from tests.lmdb_helpers import MINI_JSON, expected_label_rows, load_mini, make_split, write_labelmap
+from tests.support.lmdb_helpers import MINI_JSON, expected_label_rows, load_mini, make_split, write_labelmap
 
 NO_PROGRESS = {"progress": False}
 

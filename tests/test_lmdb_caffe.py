@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
-from tests.lmdb_helpers import MINI_JSON, expected_label_rows, load_mini, write_labelmap
+from tests.support.lmdb_helpers import MINI_JSON, expected_label_rows, load_mini, write_labelmap
 
 
 def annotated_data_net(path: Path, lmdb_dir: Path, labelmap: Path) -> Path:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ssdlite_coco.lmdb.check import LmdbCheckError, check_lmdb
 from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
-from tests.lmdb_helpers import MINI_JSON, load_mini, write_labelmap
+from tests.support.lmdb_helpers import MINI_JSON, load_mini, write_labelmap
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,18 @@
 """Partial re-runs documented in the README: only the LMDBs, only the evaluation, retraining vs resuming.
 
-One demo run of the chain (in a copy of the workflow) is shared by the tests of this module, which
-run in file order: dry-runs first, then the re-runs that change files.
+The tests of this module share their own copy of the session's demo run (so that the re-runs that
+change files never touch what the other modules check), in file order: dry-runs first, then the
+re-runs that change files.
 """
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import yaml
 
-from tests.workflow_run import output_tail, planned_rules, run_snakemake
+from tests.support.workflow_run import output_tail, planned_rules, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +26,11 @@ EVALUATE_SETTING = ("evaluate", "batch_size", 4)
 
 
 @pytest.fixture(scope="module")
-def finished_run(demo_run):
-    """The session's demo run (tests/conftest.py); this module runs after the checks of its outputs."""
-    return demo_run
+def finished_run(demo_run, tmp_path_factory):
+    """A copy of the session's demo run (tests/conftest.py), file times and Snakemake's records included."""
+    copy = tmp_path_factory.mktemp("partial-reruns") / "workflow"
+    shutil.copytree(demo_run, copy, symlinks=True)
+    return copy
 
 
 def _plan(workdir, *args) -> dict[str, int]:

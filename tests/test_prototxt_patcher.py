@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 
-from tests.helpers import run_python
-from tests.model_data import make_model_data
+from tests.support.helpers import train_steps
+from tests.support.model_data import make_model_data
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe (make test does)")
 from caffe.proto import caffe_pb2  # noqa: E402
 
-from ssdlite_coco.model.nets import ModelOptions, build_net, net_to_text, supports_augmentation  # noqa: E402
+from ssdlite_coco.caffe_tools.prototxt import PrototxtError, format_prototxt, read_prototxt  # noqa: E402
+from ssdlite_coco.model.nets import ModelOptions, build_net, supports_augmentation  # noqa: E402
 from ssdlite_coco.model.patcher import (  # noqa: E402
     PatchError,
     PatchSettings,
-    parse_prototxt,
     patch_net,
     patch_solver,
 )
@@ -57,7 +57,7 @@ def settings(**overrides) -> PatchSettings:
 
 
 def deploy_net(upstream) -> caffe_pb2.NetParameter:
-    return parse_prototxt(upstream["deploy"], caffe_pb2.NetParameter())
+    return read_prototxt(upstream["deploy"], caffe_pb2.NetParameter())
 
 
 def read_net_allowing_unknown(path: Path) -> caffe_pb2.NetParameter:
@@ -81,12 +81,12 @@ def test_upstream_deploy_patched_to_81_classes_instantiates(tmp_path, upstream):
     assert len(grouped) == 33
     assert all(item.convolution_param.engine == caffe_pb2.ConvolutionParameter.CAFFE for item in grouped)
     path = tmp_path / "deploy.prototxt"
-    path.write_text(net_to_text(patched))
+    path.write_text(format_prototxt(patched))
     net = caffe.Net(str(path), caffe.TEST)
     assert net.blobs["mbox_conf"].data.shape == (1, 1917 * 81)
     # the patched published net and the generated folded 81-class net have the same parameters
     ours_path = tmp_path / "ours.prototxt"
-    ours_path.write_text(net_to_text(build_net(ModelOptions(num_classes=81, backbone_bn="folded"), "deploy")))
+    ours_path.write_text(format_prototxt(build_net(ModelOptions(num_classes=81, backbone_bn="folded"), "deploy")))
     ours = caffe.Net(str(ours_path), caffe.TEST)
     shapes = {name: [b.data.shape for b in blobs] for name, blobs in net.params.items()}
     assert shapes == {name: [b.data.shape for b in blobs] for name, blobs in ours.params.items()}
@@ -114,11 +114,11 @@ def test_relu6_becomes_relu_only_without_runtime_support(upstream):
 def test_upstream_train_and_test_parse_after_patch(upstream):
     """The data layers, the class count everywhere and name_size_file; the rest of the net stays."""
     if supports_augmentation():
-        train = parse_prototxt(upstream["train"], caffe_pb2.NetParameter())
-        test = parse_prototxt(upstream["test"], caffe_pb2.NetParameter())
+        train = read_prototxt(upstream["train"], caffe_pb2.NetParameter())
+        test = read_prototxt(upstream["test"], caffe_pb2.NetParameter())
     else:
         with pytest.raises(PatchError, match='has no field named "resize_param".*augmentation patch'):
-            parse_prototxt(upstream["train"], caffe_pb2.NetParameter())
+            read_prototxt(upstream["train"], caffe_pb2.NetParameter())
         train, test = (
             read_net_allowing_unknown(upstream["train"]),
             read_net_allowing_unknown(upstream["test"]),
@@ -136,25 +136,8 @@ def test_upstream_train_and_test_parse_after_patch(upstream):
     assert layer(test, "detection_eval").detection_evaluate_param.name_size_file == "test_name_size.txt"
     assert layer(test, "data").data_param.source == "results/lmdb/test_lmdb"
     assert layer(test, "data").annotated_data_param.label_map_file == "labelmap.prototxt"  # was "None"
-    reparsed = text_format.Parse(net_to_text(train), caffe_pb2.NetParameter())
+    reparsed = text_format.Parse(format_prototxt(train), caffe_pb2.NetParameter())
     assert reparsed == train
-
-
-TRAIN_SNIPPET = """
-import math, sys
-import caffe
-caffe.set_mode_cpu()
-solver = caffe.get_solver("solver.prototxt")
-losses = []
-for _ in range(2):  # a batch whose crops hold no box has loss 0: look at every iteration
-    solver.step(1)
-    losses.append(float(solver.net.blobs["mbox_loss"].data))
-loss = max(losses)
-test = solver.test_nets[0]
-test.forward()
-print("RESULT", loss, test.blobs["detection_eval"].data.shape[3])
-sys.exit(0 if all(math.isfinite(value) for value in losses) and loss > 0 else 3)
-"""
 
 
 @pytest.mark.skipif(not supports_augmentation(), reason="the upstream nets need resize_param/distort_param")
@@ -166,10 +149,10 @@ def test_upstream_nets_patched_onto_an_lmdb_train(tmp_path, upstream, model_data
         name_size_file=str(model_data.name_size),
     )
     for role in ("train", "test"):
-        net, _ = patch_net(parse_prototxt(upstream[role], caffe_pb2.NetParameter()), role, patch, where=role)
-        (tmp_path / f"{role}.prototxt").write_text(net_to_text(net))
+        net, _ = patch_net(read_prototxt(upstream[role], caffe_pb2.NetParameter()), role, patch, where=role)
+        (tmp_path / f"{role}.prototxt").write_text(format_prototxt(net))
     solver, _ = patch_solver(
-        parse_prototxt(upstream["solver_train"], caffe_pb2.SolverParameter()),
+        read_prototxt(upstream["solver_train"], caffe_pb2.SolverParameter()),
         "train.prototxt",
         "test.prototxt",
         test_iter=3,
@@ -178,13 +161,11 @@ def test_upstream_nets_patched_onto_an_lmdb_train(tmp_path, upstream, model_data
     )
     solver.max_iter = 2
     (tmp_path / "solver.prototxt").write_text(text_format.MessageToString(solver))
-    result = run_python(TRAIN_SNIPPET, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("RESULT")[1].split()[1] == "5"
+    assert train_steps(tmp_path, 2)["eval_width"] == 5
 
 
 def test_solver_paths_test_iter_and_snapshot_prefix(upstream):
-    solver = parse_prototxt(upstream["solver_train"], caffe_pb2.SolverParameter())
+    solver = read_prototxt(upstream["solver_train"], caffe_pb2.SolverParameter())
     patched, warnings = patch_solver(
         solver,
         "results/model/train.prototxt",
@@ -201,7 +182,7 @@ def test_solver_paths_test_iter_and_snapshot_prefix(upstream):
     assert patched.solver_mode == caffe_pb2.SolverParameter.GPU
     assert patched.type == "RMSProp" and list(patched.stepvalue) == [20000, 40000]  # schedule kept
     assert warnings == ["solver.prototxt: had no test_interval; set to 5000"]
-    test_solver = parse_prototxt(upstream["solver_test"], caffe_pb2.SolverParameter())
+    test_solver = read_prototxt(upstream["solver_test"], caffe_pb2.SolverParameter())
     patched, warnings = patch_solver(test_solver, "t.prototxt", "v.prototxt", 4, "s", where="solver_test")
     assert patched.test_interval == 10000 and list(patched.test_iter) == [4] and patched.train_net == "t.prototxt"
     assert any("max_iter is 0" in warning for warning in warnings)
@@ -215,7 +196,7 @@ def test_make_model_script_patch_mode(tmp_path, upstream, model_data):
         sources = {}
         for role in ("train", "test"):
             sources[role] = tmp_path / f"{role}_stripped.prototxt"
-            sources[role].write_text(net_to_text(read_net_allowing_unknown(upstream[role])))
+            sources[role].write_text(format_prototxt(read_net_allowing_unknown(upstream[role])))
     sources |= {"deploy": upstream["deploy"], "solver": upstream["solver_train"]}
     model = {
         "mode": "patch",
@@ -270,10 +251,10 @@ def refuse(net, role: str = "deploy", **overrides) -> str:
 def test_refuses_an_unparseable_file(tmp_path):
     path = tmp_path / "broken.prototxt"
     path.write_text('layer { name: "x" type: "Convolution" convolution_param { num_ouput: 3 } }')
-    with pytest.raises(PatchError, match=r"broken.prototxt: not a valid NetParameter.*num_ouput"):
-        parse_prototxt(path, caffe_pb2.NetParameter())
-    with pytest.raises(PatchError, match="missing.prototxt: cannot read"):
-        parse_prototxt(tmp_path / "missing.prototxt", caffe_pb2.NetParameter())
+    with pytest.raises(PrototxtError, match=r"broken.prototxt: not a Caffe NetParameter prototxt .*num_ouput"):
+        read_prototxt(path, caffe_pb2.NetParameter())
+    with pytest.raises(PrototxtError, match="missing.prototxt: NetParameter prototxt not found"):
+        read_prototxt(tmp_path / "missing.prototxt", caffe_pb2.NetParameter())
 
 
 def test_refuses_disagreeing_class_counts(upstream):

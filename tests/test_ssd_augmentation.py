@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 import caffe
 from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
-from tests.lmdb_helpers import load_mini, make_split, write_labelmap
+from tests.support.lmdb_helpers import load_mini, make_split, write_labelmap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT_DIR = REPO_ROOT / "tests" / "artifacts"

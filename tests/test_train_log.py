@@ -18,7 +18,7 @@ from ssdlite_coco.train.log import (
     read_log_csv,
     write_log_csv,
 )
-from tests.helpers import caffe_logs_env
+from tests.support.helpers import caffe_logs_env
 
 NAN = math.nan
 
@@ -77,7 +77,7 @@ def test_a_log_without_iterations_is_refused(tmp_path):
 def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_dir):
     pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
     from ssdlite_coco.train.runner import learning_rate, read_solver
-    from tests.tiny_ssd import make_tiny_world
+    from tests.support.tiny_ssd import make_tiny_world
 
     world = make_tiny_world(tmp_path / "tiny", coco_mini_dir, max_iter=40, test_interval=20)
     solver = world.solver

@@ -14,25 +14,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.http_server import FileServer
-from tests.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
+from tests.support.http_server import FileServer
+from tests.support.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
 
+from ssdlite_coco.caffe_tools.device import DeviceError, select_device  # noqa: E402
 from ssdlite_coco.caffe_tools.weights import (  # noqa: E402
     WeightsError,
     copy_weights_by_name,
-    fetch_weights,
     format_copy_table,
     read_caffemodel,
-    sha256_of,
 )
+from ssdlite_coco.common.digests import file_digest  # noqa: E402
+from ssdlite_coco.train.fetch_weights import fetch_weights  # noqa: E402
 from ssdlite_coco.train.runner import (  # noqa: E402
     TrainingError,
     TrainSettings,
     learning_rate,
     read_solver,
-    select_device,
     train,
 )
 
@@ -224,7 +224,7 @@ def test_fetch_weights_from_a_url_checks_the_sha256(tmp_path):
     payload = tmp_path / "served" / "model.caffemodel"
     payload.parent.mkdir()
     payload.write_bytes(os.urandom(4096))
-    digest = sha256_of(payload)
+    digest = file_digest(payload)
     with FileServer(payload.parent) as server:
         url = server.url("model.caffemodel")
         target = fetch_weights(url, digest, tmp_path / "fetched" / "initial.caffemodel")
@@ -240,7 +240,7 @@ def test_fetch_weights_from_a_url_checks_the_sha256(tmp_path):
 
 
 def test_cuda_on_a_cpu_build_fails_with_one_clear_line():
-    with pytest.raises(TrainingError, match="caffe.device: cuda"):
+    with pytest.raises(DeviceError, match="caffe.device: cuda"):
         select_device("cuda")
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.workflow_run import copy_workflow, output_tail, run_snakemake
+from tests.support.workflow_run import copy_workflow, output_tail, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +41,9 @@ FINAL_OUTPUTS = [
     "results/evaluate/metrics.csv",
     "results/evaluate/per_class_ap.csv",
     "results/evaluate/detections.json",
-    "results/deploy/deploy.prototxt",
-    "results/deploy/deploy.caffemodel",
-    "results/deploy/fold_check.json",
+    "results/export/deploy.prototxt",
+    "results/export/deploy.caffemodel",
+    "results/export/fold_check.json",
     "results/report/loss.png",
     "results/report/metrics.html",
     "results/report/detections.jpg",
@@ -65,7 +65,7 @@ def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
     image_ids = {image["id"] for image in test_images}
     categories = {c["id"] for c in json.loads((workdir / "results/data/test/instances.json").read_text())["categories"]}
     assert all(d["image_id"] in image_ids and d["category_id"] in categories for d in detections)
-    fold = json.loads((workdir / "results/deploy/fold_check.json").read_text())
+    fold = json.loads((workdir / "results/export/fold_check.json").read_text())
     assert fold["max_relative_difference"] < fold["tolerance"], fold
     with (workdir / "results/evaluate/metrics.csv").open() as handle:
         assert dict(csv.reader(handle))["coco/AP50"]
@@ -76,7 +76,7 @@ def test_demo_reaches_its_expected_map(demo_run):
     metrics = check_outputs_are_well_formed(
         demo_run, max_iter=yaml.safe_load((demo_run / "config/config.yaml").read_text())["solver"]["max_iter"]
     )
-    fold = json.loads((demo_run / "results/deploy/fold_check.json").read_text())
+    fold = json.loads((demo_run / "results/export/fold_check.json").read_text())
     assert fold["max_abs_difference"] < 1e-4, fold  # trained: folding changes the head outputs by < 1e-4
     ap50 = metrics["stats"]["AP50"]
     assert ap50 > CHANCE_AP50

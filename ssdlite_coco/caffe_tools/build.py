@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssdlite_coco.caffe_tools.device import DEVICES
+from ssdlite_coco.common.digests import file_digest
 from ssdlite_coco.common.errors import SsdliteError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +33,6 @@ CAFFE_DIR = REPO_ROOT / "caffe"
 SOURCE_FILE = CAFFE_DIR / "source.json"
 PATCH_DIR = CAFFE_DIR / "patches"
 DEBIAN_PACKAGES_FILE = CAFFE_DIR / "debian-packages.txt"
-DEVICES = ("cpu", "cuda")
 
 
 class CaffeBuildError(SsdliteError):
@@ -120,14 +121,6 @@ def cache_root() -> Path:
     return Path(base) / "ssdlite-coco" / "caffe"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_sdist(pin: SdistPin, dest_dir: Path, log) -> Path:
     """Download the sdist with pip (once) and verify it against the pinned sha256."""
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +153,7 @@ def fetch_sdist(pin: SdistPin, dest_dir: Path, log) -> Path:
                     f"check the network, or put {pin.filename} into {dest_dir}"
                 )
             os.replace(downloaded, target)
-    actual = sha256_of(target)
+    actual = file_digest(target, "sha256")
     if actual != pin.sha256:
         bad = target.with_suffix(".rejected")
         os.replace(target, bad)

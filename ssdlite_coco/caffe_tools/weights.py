@@ -1,4 +1,4 @@
-"""Initial weights: fetch them (local path, or URL checked against a sha256) and copy them by layer name.
+"""Caffe weights: read a .caffemodel into numpy arrays and copy them into a pycaffe net by layer name.
 
 ``copy_weights_by_name`` is what ``caffe train --weights`` does, except that a layer whose blob shapes
 differ (a detection head for another number of classes) is reported and left at its initialization
@@ -7,97 +7,18 @@ instead of aborting, and that it returns a table of what was copied.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ssdlite_coco.common.atomic import atomic_path
 from ssdlite_coco.common.errors import SsdliteError
-
-URL_SCHEMES = ("http://", "https://", "file://")
 
 
 class WeightsError(SsdliteError):
     """Initial weights cannot be fetched, verified or read; the message names the file or URL and the fix."""
-
-
-def is_url(spec: str) -> bool:
-    return spec.startswith(URL_SCHEMES)
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_sha256_value(sha256: str) -> str:
-    sha256 = sha256.strip().lower()
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise WeightsError(
-            f"train.initial_weights_sha256 {sha256!r} is not a sha256 (64 hex digits); compute it with `sha256sum FILE`"
-        )
-    return sha256
-
-
-def fetch_weights(spec: str, sha256: str, target: str | os.PathLike, timeout: float = 60.0) -> Path:
-    """Put the weights named by ``spec`` (path or URL) at ``target``, atomically, checking ``sha256``.
-
-    A URL needs a sha256; for a local path it is optional. A file whose digest differs is never left
-    under ``target``.
-    """
-    target = Path(target)
-    if is_url(spec):
-        if not sha256:
-            raise WeightsError(
-                f"initial weights {spec} are a URL but train.initial_weights_sha256 is empty; "
-                "set it to the file's sha256 so a changed or truncated download is caught"
-            )
-        expected = _check_sha256_value(sha256)
-        with atomic_path(target) as tmp:
-            digest = hashlib.sha256()
-            try:
-                with urllib.request.urlopen(spec, timeout=timeout) as response, tmp.open("wb") as out:
-                    for block in iter(lambda: response.read(1 << 20), b""):
-                        digest.update(block)
-                        out.write(block)
-            except (urllib.error.URLError, OSError) as error:
-                raise WeightsError(
-                    f"could not download initial weights from {spec}: {error}; check the URL "
-                    "and the network, or download the file and set train.initial_weights "
-                    "to its path"
-                ) from None
-            if digest.hexdigest() != expected:
-                raise WeightsError(
-                    f"initial weights downloaded from {spec} have sha256 {digest.hexdigest()}, "
-                    f"not {expected}; the file changed or the download is damaged"
-                )
-        return target
-    source = Path(spec)
-    if not source.is_file():
-        raise WeightsError(
-            f"initial weights {source} not found; set train.initial_weights to a .caffemodel path or an http(s) URL"
-        )
-    if sha256:
-        expected = _check_sha256_value(sha256)
-        actual = sha256_of(source)
-        if actual != expected:
-            raise WeightsError(
-                f"initial weights {source} have sha256 {actual}, not {expected} "
-                "(train.initial_weights_sha256); fix the value or the file"
-            )
-    with atomic_path(target) as tmp:
-        shutil.copyfile(source, tmp)
-    return target
 
 
 def _blob_array(blob) -> np.ndarray:
@@ -188,74 +109,3 @@ def format_copy_table(rows: list[LayerCopy]) -> str:
     order = ("copied", "shape mismatch", "not in weights", "not in net")
     lines.append("summary: " + ", ".join(f"{counts.get(status, 0)} {status}" for status in order))
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------- detection head check
-BACKGROUND_MARGIN = 0.5
-
-
-def conf_head_layers(net_param) -> list[str]:
-    """Convolutions that feed DetectionOutput's confidence input (through Permute/Flatten/Concat/Softmax...)."""
-    layers = list(net_param.layer)
-    outputs = [layer for layer in layers if layer.type == "DetectionOutput"]
-    if not outputs:
-        return []
-    heads: list[str] = []
-    pending = [(outputs[0].bottom[1], layers.index(outputs[0]))]
-    seen: set[tuple[str, int]] = set()
-    while pending:
-        blob, before = pending.pop()
-        if (blob, before) in seen:
-            continue
-        seen.add((blob, before))
-        producer = next(
-            ((i, layer) for i, layer in reversed(list(enumerate(layers[:before]))) if blob in layer.top), None
-        )
-        if producer is None:
-            continue
-        index, layer = producer
-        if layer.type == "Convolution":
-            heads.append(layer.name)
-        else:
-            bottoms = layer.bottom if layer.type == "Concat" else layer.bottom[:1]
-            pending += [(bottom, index) for bottom in bottoms]
-    return sorted(set(heads), key=[layer.name for layer in layers].index)
-
-
-def conf_head_statistics(
-    net_param, params: Mapping[str, list[np.ndarray]], copied: list[LayerCopy], num_classes: int
-) -> dict:
-    """Weight/bias statistics of the confidence heads and whether they look trained.
-
-    An untrained head has the fillers' values: zero biases and weights of std ~ 1/sqrt(fan_in) (xavier).
-    A trained one has class biases that differ from each other, the background's clearly the largest
-    (``background_bias_margin``: background bias minus the mean of the others, per head). These are
-    indications; the mAP of the weights is the evidence.
-    """
-    status = {row.layer: row.status for row in copied}
-    heads = []
-    for name in conf_head_layers(net_param):
-        blobs = params[name]
-        weight = blobs[0]
-        fan_in = int(np.prod(weight.shape[1:]))
-        row = {
-            "layer": name,
-            "from_weights": status.get(name) == "copied",
-            "weight_std": float(weight.std()),
-            "filler_std": float(1 / np.sqrt(fan_in)),
-        }
-        if len(blobs) > 1 and num_classes > 0 and blobs[1].size % num_classes == 0:
-            bias = blobs[1].reshape(-1, num_classes)
-            row["bias_abs_max"] = float(np.abs(bias).max())
-            row["background_bias_margin"] = float(bias[:, 0].mean() - bias[:, 1:].mean())
-        heads.append(row)
-    from_weights = bool(heads) and all(head["from_weights"] for head in heads)
-    margins = [head["background_bias_margin"] for head in heads if "background_bias_margin" in head]
-    # a head trained with hard negative mining leans towards the background by a logit or more
-    biases_trained = bool(margins) and float(np.mean(margins)) > BACKGROUND_MARGIN
-    return {
-        "heads": heads,
-        "heads_from_weights": from_weights,
-        "head_biases_trained": biases_trained,
-        "mean_background_bias_margin": float(np.mean(margins)) if margins else None,
-    }

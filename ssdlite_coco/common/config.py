@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -146,3 +147,20 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     if error is not None:
         raise ConfigError(_describe(error))
     return filled
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+@functools.cache
+def schema_defaults() -> dict:
+    """The effective config of an empty user config: every key at its schema default."""
+    return validate_config({}, SCHEMA_PATH)
+
+
+def schema_default(key: str):
+    """The schema default of a dotted config key (``schema_default("lmdb.readers")``): the one place it is set."""
+    value = schema_defaults()
+    for part in key.split("."):
+        value = value[part]
+    return copy.deepcopy(value)

@@ -22,19 +22,76 @@ class DatasetError(SsdliteError):
     """A dataset is missing or malformed; the message names the file, the record and the fix."""
 
 
-def load_instances(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a COCO instances JSON; raise DatasetError naming the file if it is missing or not JSON."""
+COCO_HINT = "expected a COCO instances file with 'images', 'annotations' and 'categories' lists"
+
+
+def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of an instances file; DatasetError naming the file if it is missing or not one."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: annotation file not found (set the path to a COCO instances JSON)")
+        raise DatasetError(
+            f"{path}: annotation file not found; run the dataset stage or set the path to a COCO instances JSON"
+        )
     try:
         with path.open("rb") as stream:
             data = json.load(stream)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: not valid JSON ({error}); expected a COCO instances file") from error
+        raise DatasetError(f"{path}: not valid JSON ({error}); {COCO_HINT}") from None
     if not isinstance(data, dict):
-        raise DatasetError(f"{path}: top level is a {type(data).__name__}, expected a COCO object")
+        raise DatasetError(f"{path}: top level is a JSON {type(data).__name__}; {COCO_HINT}")
     return data
+
+
+def load_instances(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a COCO instances file and check its structure (the fields every stage relies on).
+
+    Raises DatasetError (one line naming the file and the entry) if it is not one; ``check_instances`` checks
+    the rest (unique ids, references, sizes) for the dataset stage.
+    """
+    data = read_coco_json(path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{path}: no '{key}' list; {COCO_HINT}")
+    for index, image in enumerate(data["images"]):
+        if (
+            not isinstance(image, dict)
+            or not all(_is_int(image.get(key)) for key in ("id", "width", "height"))
+            or not isinstance(image.get("file_name"), str)
+        ):
+            raise DatasetError(
+                f"{path}: images[{index}] needs integer 'id', 'width', 'height' and a string "
+                f"'file_name'; got {_short(image)}"
+            )
+    for index, annotation in enumerate(data["annotations"]):
+        bbox = annotation.get("bbox") if isinstance(annotation, dict) else None
+        if (
+            not isinstance(annotation, dict)
+            or not all(_is_int(annotation.get(key)) for key in ("id", "image_id", "category_id"))
+            or not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(value) for value in bbox))
+        ):
+            raise DatasetError(
+                f"{path}: annotations[{index}] needs integer 'id', 'image_id', 'category_id' "
+                f"and 'bbox': [x, y, width, height]; got {_short(annotation)}"
+            )
+    for index, category in enumerate(data["categories"]):
+        if (
+            not isinstance(category, dict)
+            or not _is_int(category.get("id"))
+            or not isinstance(category.get("name"), str)
+        ):
+            raise DatasetError(
+                f"{path}: categories[{index}] needs an integer 'id' and a string 'name'; got {_short(category)}"
+            )
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _is_number(value: Any) -> bool:
@@ -158,7 +215,7 @@ def validate_dataset(
     instances_path: str | os.PathLike, images_dir: str | os.PathLike, sample: int = 20
 ) -> dict[str, Any]:
     """Load and check a COCO-format dataset (structure, every file present, a sample decodes)."""
-    data = load_instances(instances_path)
+    data = read_coco_json(instances_path)
     check_instances(data, str(instances_path))
     check_images(data, images_dir, str(instances_path), sample=sample)
     return data

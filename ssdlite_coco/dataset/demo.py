@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,6 @@ GRAY_EVERY, GRAY_AT = 10, 3
 CROWD_EVERY, CROWD_AT = 12, 7
 BORDER_EVERY, BORDER_AT = 6, 1
 SMALL_EVERY, SMALL_AT = 5, 2
-
-
-@dataclass
-class Shape:
-    category_id: int
-    polygon: list[tuple[float, float]]  # vertices in image pixels (may leave the image)
 
 
 def regular_polygon(cx: float, cy: float, radius: float, sides: int, angle: float) -> list[tuple[float, float]]:
@@ -159,6 +152,62 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return image + rng.normal(0.0, 14.0, size=(height, width, 3))
 
 
+def _colour_of(rng: np.random.Generator, category_id: int) -> tuple[int, int, int]:
+    jitter = rng.integers(-20, 21, size=3)
+    return tuple(int(v) for v in np.clip(np.array(COLORS[category_id]) + jitter, 0, 255))
+
+
+def _crowd(rng: np.random.Generator, width: int, height: int) -> tuple[list, dict[str, Any]]:
+    """A tight cluster of small shapes of one class, annotated once with iscrowd 1: (painted shapes, annotation)."""
+    category_id = int(rng.choice([c["id"] for c in CATEGORIES]))
+    region = float(rng.uniform(80, 120))
+    x0, y0 = float(rng.uniform(0, width - region)), float(rng.uniform(0, height - region))
+    polygons = []
+    colour = _colour_of(rng, category_id)
+    for _ in range(int(rng.integers(6, 11))):
+        size = float(rng.uniform(12, 22))
+        cx, cy = (
+            x0 + float(rng.uniform(size / 2, region - size / 2)),
+            y0 + float(rng.uniform(size / 2, region - size / 2)),
+        )
+        polygons.append(shape_polygon(category_id, cx, cy, size, rng))
+    mask = _mask_of(polygons, width, height)
+    annotation = {
+        "category_id": category_id,
+        "iscrowd": 1,
+        "bbox": _box_of(mask),
+        "area": float(mask.sum()),
+        "segmentation": rle_encode(mask),
+    }
+    return [(colour, polygon) for polygon in polygons], annotation
+
+
+def _place(rng, category_id: int, size: float, on_border: bool, width: int, height: int, boxes: list):
+    """Up to 40 tries at a spot where the shape overlaps no earlier box: (polygon, mask, box), or None."""
+    for _attempt in range(40):
+        if on_border:
+            # Centre near an edge so that 10-40% of the object lies outside the image.
+            cut = float(rng.uniform(0.1, 0.4)) * size
+            edge = int(rng.integers(4))
+            cx = float(rng.uniform(size / 2, width - size / 2))
+            cy = float(rng.uniform(size / 2, height - size / 2))
+            cx, cy = (
+                (size / 2 - cut, cy),
+                (width - size / 2 + cut, cy),
+                (cx, size / 2 - cut),
+                (cx, height - size / 2 + cut),
+            )[edge]
+        else:
+            cx = float(rng.uniform(size / 2 + 1, width - size / 2 - 1))
+            cy = float(rng.uniform(size / 2 + 1, height - size / 2 - 1))
+        polygon = shape_polygon(category_id, cx, cy, size, rng)
+        mask = _mask_of([polygon], width, height)
+        box = _box_of(mask)
+        if box is not None and not _overlaps(box, boxes):
+            return polygon, mask, box
+    return None
+
+
 def generate_image(split: str, index: int, seed: int):
     """Draw image ``index`` of ``split``: returns (PIL image, list of annotation dicts without ids)."""
     from PIL import Image, ImageDraw
@@ -169,39 +218,12 @@ def generate_image(split: str, index: int, seed: int):
     annotations: list[dict[str, Any]] = []
     boxes: list[list[float]] = []
     drawn: list[tuple[tuple[int, int, int], list]] = []  # (colour, polygon) to paint after placement
-
-    def colour_of(category_id: int) -> tuple[int, int, int]:
-        jitter = rng.integers(-20, 21, size=3)
-        return tuple(int(v) for v in np.clip(np.array(COLORS[category_id]) + jitter, 0, 255))
-
     empty = index % EMPTY_EVERY == EMPTY_AT
     if not empty and index % CROWD_EVERY == CROWD_AT:
-        # A crowd: a tight cluster of small shapes of one class, annotated once with iscrowd 1.
-        category_id = int(rng.choice([c["id"] for c in CATEGORIES]))
-        region = float(rng.uniform(80, 120))
-        x0, y0 = float(rng.uniform(0, width - region)), float(rng.uniform(0, height - region))
-        polygons = []
-        colour = colour_of(category_id)
-        for _ in range(int(rng.integers(6, 11))):
-            size = float(rng.uniform(12, 22))
-            cx, cy = (
-                x0 + float(rng.uniform(size / 2, region - size / 2)),
-                y0 + float(rng.uniform(size / 2, region - size / 2)),
-            )
-            polygons.append(shape_polygon(category_id, cx, cy, size, rng))
-        mask = _mask_of(polygons, width, height)
-        box = _box_of(mask)
-        drawn.extend((colour, polygon) for polygon in polygons)
-        boxes.append(box)
-        annotations.append(
-            {
-                "category_id": category_id,
-                "iscrowd": 1,
-                "bbox": box,
-                "area": float(mask.sum()),
-                "segmentation": rle_encode(mask),
-            }
-        )
+        shapes, annotation = _crowd(rng, width, height)
+        drawn.extend(shapes)
+        boxes.append(annotation["bbox"])
+        annotations.append(annotation)
     if not empty:
         count = int(rng.choice([1, 2, 3, 4], p=[0.35, 0.35, 0.2, 0.1]))
         for number in range(count + (index % SMALL_EVERY == SMALL_AT)):
@@ -209,32 +231,13 @@ def generate_image(split: str, index: int, seed: int):
             small = number == count or rng.random() < 0.06
             size = float(rng.uniform(16, 30) if small else rng.uniform(44, 120))
             on_border = number == 0 and index % BORDER_EVERY == BORDER_AT
-            for _attempt in range(40):
-                if on_border:
-                    # Centre near an edge so that 10-40% of the object lies outside the image.
-                    cut = float(rng.uniform(0.1, 0.4)) * size
-                    edge = int(rng.integers(4))
-                    cx = float(rng.uniform(size / 2, width - size / 2))
-                    cy = float(rng.uniform(size / 2, height - size / 2))
-                    cx, cy = (
-                        (size / 2 - cut, cy),
-                        (width - size / 2 + cut, cy),
-                        (cx, size / 2 - cut),
-                        (cx, height - size / 2 + cut),
-                    )[edge]
-                else:
-                    cx = float(rng.uniform(size / 2 + 1, width - size / 2 - 1))
-                    cy = float(rng.uniform(size / 2 + 1, height - size / 2 - 1))
-                polygon = shape_polygon(category_id, cx, cy, size, rng)
-                mask = _mask_of([polygon], width, height)
-                box = _box_of(mask)
-                if box is not None and not _overlaps(box, boxes):
-                    break
-            else:
+            placed = _place(rng, category_id, size, on_border, width, height, boxes)
+            if placed is None:
                 continue
+            polygon, mask, box = placed
             clipped = clip_polygon(polygon, width, height)
             boxes.append(box)
-            drawn.append((colour_of(category_id), polygon))
+            drawn.append((_colour_of(rng, category_id), polygon))
             annotations.append(
                 {
                     "category_id": category_id,

@@ -1,3 +1,1 @@
-"""Stage evaluate (rules/evaluate.smk): the test net over the test split, Caffe's detection_eval and the COCO metrics.
-
-"""
+"""Stage evaluate (rules/evaluate.smk): the test net over the test split, Caffe's detection_eval, COCO metrics."""

@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ssdlite_coco.caffe_tools.prototxt import read_net
 from ssdlite_coco.common.atomic import atomic_write_text
 from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.evaluate.test_net import run_test_net
+from ssdlite_coco.labelmap import read_name_size
 
 # Order of COCOeval.stats for iouType="bbox".
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -181,8 +184,6 @@ def evaluate_test_split(
     log=print,
 ):
     """Run the test net over the test LMDB and score it: (metrics dict, COCO detections, TestNetResult)."""
-    from ssdlite_coco.evaluate.test_net import read_net, run_test_net
-
     result = run_test_net(
         test_net_path,
         weights_path,
@@ -193,7 +194,7 @@ def evaluate_test_split(
         strict=strict,
         log=log,
     )
-    image_ids = [image_id for image_id, _, _ in _name_sizes(name_size_path)]
+    image_ids = [image_id for image_id, _, _ in read_name_size(name_size_path)]
     metrics = score_detections(
         instances_path, result.detections, image_ids=image_ids, source=f"detections of {weights_path}"
     )
@@ -203,9 +204,3 @@ def evaluate_test_split(
     metrics["net"] = read_net(test_net_path).name
     metrics["seconds"] = round(result.seconds, 2)
     return metrics, result.detections, result
-
-
-def _name_sizes(path):
-    from ssdlite_coco.evaluate.test_net import read_image_sizes
-
-    return read_image_sizes(path)

@@ -16,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ssdlite_coco.caffe_tools.prototxt import format_prototxt, read_net
+from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, read_caffemodel
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
 from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.export.preprocess import preprocess_image
 
 
 class ExportError(SsdliteError):
@@ -124,7 +127,6 @@ def _chain_at(layers, index: int) -> tuple[int, int | None] | None:
 def load_net_params(prototxt: str | os.PathLike, weights: str | os.PathLike):
     """A pycaffe TEST net of ``prototxt`` with ``weights`` copied by layer name (every layer must be filled)."""
     import caffe
-    from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, read_caffemodel
 
     net = caffe.Net(str(prototxt), caffe.TEST)
     rows = copy_weights_by_name(net, read_caffemodel(weights))
@@ -149,17 +151,14 @@ def export_deploy(
     out_weights: str | os.PathLike,
 ) -> list[FoldedLayer]:
     """Write the folded deploy prototxt and caffemodel (each atomically); returns the folded chains."""
-    from google.protobuf import text_format
-
     import caffe
-    from ssdlite_coco.evaluate.test_net import read_net
 
     net_param = read_net(deploy_prototxt)
     source = load_net_params(deploy_prototxt, weights)
     folded_param, folded_params, folded = fold_batchnorm(net_param, net_params(source))
     if not folded:
         raise ExportError(f"{deploy_prototxt}: no Convolution → BatchNorm chain to fold")
-    text = text_format.MessageToString(folded_param)
+    text = format_prototxt(folded_param)
     with atomic_path(out_weights) as tmp_weights:
         tmp_prototxt = tmp_weights.parent / f"{tmp_weights.name}.prototxt"
         try:
@@ -222,8 +221,6 @@ def compare_nets(reference, folded, inputs: list[np.ndarray]) -> dict[str, Any]:
 
 def input_shape(prototxt: str | os.PathLike) -> tuple[int, int, int]:
     """(channels, height, width) of a deploy net's Input layer."""
-    from ssdlite_coco.evaluate.test_net import read_net
-
     net = read_net(prototxt)
     for layer in net.layer:
         if layer.type == "Input" and layer.input_param.shape:
@@ -240,7 +237,6 @@ def check_folding(
 ) -> dict[str, Any]:
     """Run the unfolded and folded nets on real ``images``; the comparison of their outputs."""
     import caffe
-    from ssdlite_coco.evaluate.test_net import preprocess_image
 
     _, height, width = input_shape(deploy_prototxt)
     inputs = [preprocess_image(path, height, width, mean, scale) for path in images]

@@ -16,48 +16,34 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ssdlite_coco.common.atomic import atomic_path
+from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.dataset.coco_json import load_instances
 from ssdlite_coco.labelmap import category_to_label, label_display_names, read_labelmap
-from ssdlite_coco.lmdb.records import ImageRecord, load_coco, plan_records
+from ssdlite_coco.lmdb.records import ImageRecord, plan_records
+from ssdlite_coco.lmdb.store import count_records, iter_records
 
 COORD_TOLERANCE = 1e-6
 SAMPLE_COUNT = 16
+SUMMARY_COUNTS = (
+    "reencoded_images",
+    "exif_orientation_removed",
+    "crowd_boxes_dropped",
+    "small_boxes_dropped",
+    "boxes_clipped",
+)
+STATS_COLUMNS = ("label", "name", "display_name", "boxes", "difficult_boxes", "images", "boxes_in_annotation_file")
 THUMB_SIZE = 320
 
 
 class LmdbCheckError(SsdliteError):
     """The LMDB does not match its inputs; the message names the record and what is wrong."""
-
-
-def iter_records(lmdb_dir: str | os.PathLike) -> Iterator[tuple[bytes, bytes]]:
-    """The (key, value) pairs of an LMDB, in key order, read one by one."""
-    import lmdb
-
-    lmdb_dir = Path(lmdb_dir)
-    if not (lmdb_dir / "data.mdb").is_file():
-        raise LmdbCheckError(f"{lmdb_dir}: no data.mdb; build the LMDB first (rule build_lmdb)")
-    env = lmdb.open(str(lmdb_dir), readonly=True, lock=False, readahead=False, subdir=True)
-    try:
-        with env.begin(buffers=False) as txn:
-            yield from txn.cursor()
-    finally:
-        env.close()
-
-
-def count_records(lmdb_dir: str | os.PathLike) -> int:
-    import lmdb
-
-    env = lmdb.open(str(lmdb_dir), readonly=True, lock=False, subdir=True)
-    try:
-        return env.stat()["entries"]
-    finally:
-        env.close()
 
 
 def _decode_size(data: bytes) -> tuple[int, int, str] | str:
@@ -133,139 +119,111 @@ def _compare_record(key: str, message, expected: ImageRecord, labels: set[int]) 
     return problems
 
 
-def check_lmdb(
-    lmdb_dir: str | os.PathLike,
-    build_report: str | os.PathLike,
-    instances: str | os.PathLike,
-    labelmap: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    readers: int = 2,
-) -> dict[str, Any]:
-    """Verify the LMDB (see module doc), write the stats and the sample picture; return the summary."""
-    from caffe.proto import caffe_pb2
+@dataclass
+class _Tally:
+    """What a pass over the records found: boxes per label, sample records, decoding results, problems."""
 
-    lmdb_dir = Path(lmdb_dir)
-    report_path = Path(build_report)
-    if not report_path.is_file():
-        raise LmdbCheckError(f"{report_path}: build report not found; build the LMDB first (rule build_lmdb)")
-    report = json.loads(report_path.read_text())
-    items = read_labelmap(labelmap)
-    labels = {item.label for item in items}
-    names = label_display_names(items)
-    options = report["options"]
-    coco = load_coco(instances)
-    plan = plan_records(
-        coco,
-        category_to_label(items),
-        str(instances),
-        crowd=options["crowd"],
-        min_box_size=options["min_box_size"],
-    )
-    expected = {record.image_id: record for record in plan.records}
-    image_ids = report["image_ids"]
-    problems: list[str] = []
-    total = count_records(lmdb_dir) if (lmdb_dir / "data.mdb").is_file() else 0
-    if total != len(image_ids):
-        problems.append(f"{lmdb_dir}: {total} records, the build report {report_path} lists {len(image_ids)}")
-    sample_positions = set(range(0, len(image_ids), max(1, len(image_ids) // SAMPLE_COUNT))[:SAMPLE_COUNT])
-    samples = []
-    found = collections.Counter()
-    found_difficult = collections.Counter()
-    images_with = collections.Counter()
-    gray = without_boxes = 0
-    batch: list = []
+    boxes: collections.Counter = field(default_factory=collections.Counter)
+    difficult: collections.Counter = field(default_factory=collections.Counter)
+    images_with: collections.Counter = field(default_factory=collections.Counter)
+    samples: list = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    gray: int = 0
+    without_boxes: int = 0
 
-    def finish(pool: ThreadPoolExecutor) -> None:
-        nonlocal gray
+    def count_boxes(self, message) -> None:
+        for group in message.annotation_group:
+            self.boxes[group.group_label] += len(group.annotation)
+            self.difficult[group.group_label] += sum(a.bbox.difficult for a in group.annotation)
+            self.images_with[group.group_label] += 1
+        self.without_boxes += not message.annotation_group
+
+    def check_decoding(self, pool: ThreadPoolExecutor, batch: list) -> None:
+        """Decode the images of ``batch`` ((key, image id, AnnotatedDatum) rows) in ``pool``; compare sizes."""
         decoded = pool.map(lambda entry: _decode_size(entry[2].datum.data), batch)
         for (key_text, image_id, message), result in zip(batch, decoded, strict=True):
             if isinstance(result, str):
-                problems.append(f"record {key_text} (image id {image_id}): image does not decode ({result})")
+                self.problems.append(f"record {key_text} (image id {image_id}): image does not decode ({result})")
             elif (result[0], result[1]) != (message.datum.width, message.datum.height):
-                problems.append(
+                self.problems.append(
                     f"record {key_text} (image id {image_id}): image decodes to "
                     f"{result[0]}x{result[1]}, datum says {message.datum.width}x{message.datum.height}"
                 )
             else:
-                gray += result[2] in ("L", "1")
-        batch.clear()
+                self.gray += result[2] in ("L", "1")
 
+
+def _scan_records(
+    lmdb_dir: Path, image_ids: list[int], expected: dict[int, ImageRecord], labels: set[int], source: str, readers: int
+) -> _Tally:
+    """One pass over the LMDB: keys in order, every record against its annotation, every image decoded."""
+    from caffe.proto import caffe_pb2
+
+    tally = _Tally()
+    sample_positions = set(range(0, len(image_ids), max(1, len(image_ids) // SAMPLE_COUNT))[:SAMPLE_COUNT])
+    batch: list = []
     with ThreadPoolExecutor(max_workers=max(1, readers)) as pool:
         for index, ((key, value), image_id) in enumerate(zip(iter_records(lmdb_dir), image_ids, strict=False)):
             key_text = key.decode(errors="replace")
             if key_text != f"{index:08d}_{image_id:012d}":
-                problems.append(f"{lmdb_dir}: key {key_text} at position {index}; expected {index:08d}_{image_id:012d}")
+                tally.problems.append(
+                    f"{lmdb_dir}: key {key_text} at position {index}; expected {index:08d}_{image_id:012d}"
+                )
             message = caffe_pb2.AnnotatedDatum()
             message.ParseFromString(value)
             if image_id not in expected:
-                problems.append(f"record {key_text}: image id {image_id} is not a usable image of {instances}")
+                tally.problems.append(f"record {key_text}: image id {image_id} is not a usable image of {source}")
                 continue
-            problems.extend(_compare_record(key_text, message, expected[image_id], labels))
-            for group in message.annotation_group:
-                found[group.group_label] += len(group.annotation)
-                found_difficult[group.group_label] += sum(a.bbox.difficult for a in group.annotation)
-                images_with[group.group_label] += 1
-            without_boxes += not message.annotation_group
+            tally.problems.extend(_compare_record(key_text, message, expected[image_id], labels))
+            tally.count_boxes(message)
             if index in sample_positions:
-                samples.append((key_text, image_id, message))
+                tally.samples.append((key_text, image_id, message))
             batch.append((key_text, image_id, message))
             if len(batch) >= 64:
-                finish(pool)
-        finish(pool)
-    if problems:
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise LmdbCheckError(problems[0] + more + "; rebuild the LMDB (rule build_lmdb)")
+                tally.check_decoding(pool, batch)
+                batch.clear()
+        tally.check_decoding(pool, batch)
+    return tally
 
-    wanted = collections.Counter(box.label for image_id in image_ids for box in expected[image_id].boxes)
-    if found != wanted:
-        label = next(label for label in sorted(set(found) | set(wanted)) if found[label] != wanted[label])
-        raise LmdbCheckError(
-            f"{lmdb_dir}: label {label} ({names.get(label)}) has {found[label]} boxes, "
-            f"{instances} gives {wanted[label]}; rebuild the LMDB (rule build_lmdb)"
-        )
-    summary = {
-        "records": len(image_ids),
+
+def _summary(report: dict[str, Any], tally: _Tally) -> dict[str, Any]:
+    counts, options = report["counts"], report["options"]
+    return {
+        "records": len(report["image_ids"]),
         "images_in_annotation_file": report["images_in_annotation_file"],
         "bad_records_skipped": sum(report["bad_records"].values()),
         **{f"bad_records_{kind}": count for kind, count in report["bad_records"].items()},
-        "boxes": sum(found.values()),
-        "difficult_boxes": sum(found_difficult.values()),
-        "grayscale_images": gray,
-        "images_without_boxes": without_boxes,
-        "reencoded_images": report["counts"].get("reencoded_images", 0),
-        "exif_orientation_removed": report["counts"].get("exif_orientation_removed", 0),
-        "crowd_boxes_dropped": report["counts"].get("crowd_boxes_dropped", 0),
-        "small_boxes_dropped": report["counts"].get("small_boxes_dropped", 0),
-        "boxes_clipped": report["counts"].get("boxes_clipped", 0),
+        "boxes": sum(tally.boxes.values()),
+        "difficult_boxes": sum(tally.difficult.values()),
+        "grayscale_images": tally.gray,
+        "images_without_boxes": tally.without_boxes,
+        **{key: counts.get(key, 0) for key in SUMMARY_COUNTS},
         "crowd_policy": options["crowd"],
         "min_box_size": options["min_box_size"],
     }
+
+
+def _write_outputs(
+    out_dir: str | os.PathLike, items, tally: _Tally, wanted: collections.Counter, summary: dict[str, Any]
+) -> None:
+    """``stats.csv`` (per label), ``summary.csv`` and ``samples.png``, all in one folder published atomically."""
     with atomic_path(out_dir, directory=True) as tmp:
         with (tmp / "stats.csv").open("w", newline="") as stream:
             writer = csv.writer(stream)
-            writer.writerow(
-                [
-                    "label",
-                    "name",
-                    "display_name",
-                    "boxes",
-                    "difficult_boxes",
-                    "images",
-                    "boxes_in_annotation_file",
-                ]
-            )
+            writer.writerow(STATS_COLUMNS)
             for item in sorted(items, key=lambda item: item.label):
                 if item.label == 0:
                     continue
+                label = item.label
                 writer.writerow(
                     [
-                        item.label,
+                        label,
                         item.name,
                         item.display_name,
-                        found[item.label],
-                        found_difficult[item.label],
-                        images_with[item.label],
-                        wanted[item.label],
+                        tally.boxes[label],
+                        tally.difficult[label],
+                        tally.images_with[label],
+                        wanted[label],
                     ]
                 )
         with (tmp / "summary.csv").open("w", newline="") as stream:
@@ -273,8 +231,54 @@ def check_lmdb(
             writer.writerow(["metric", "value"])
             for key, value in summary.items():
                 writer.writerow([key, value])
-        draw_samples(samples, names, tmp / "samples.png")
+        draw_samples(tally.samples, label_display_names(items), tmp / "samples.png")
         os.chmod(tmp, 0o755)  # a temporary folder is private; the results are not
+
+
+def check_lmdb(
+    lmdb_dir: str | os.PathLike,
+    build_report: str | os.PathLike,
+    instances: str | os.PathLike,
+    labelmap: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    readers: int = schema_default("lmdb.readers"),
+) -> dict[str, Any]:
+    """Verify the LMDB (see module doc), write the stats and the sample picture; return the summary."""
+    lmdb_dir = Path(lmdb_dir)
+    report_path = Path(build_report)
+    if not report_path.is_file():
+        raise LmdbCheckError(f"{report_path}: build report not found; build the LMDB first (rule build_lmdb)")
+    report = json.loads(report_path.read_text())
+    items = read_labelmap(labelmap)
+    options = report["options"]
+    plan = plan_records(
+        load_instances(instances),
+        category_to_label(items),
+        str(instances),
+        crowd=options["crowd"],
+        min_box_size=options["min_box_size"],
+    )
+    expected = {record.image_id: record for record in plan.records}
+    image_ids = report["image_ids"]
+    total = count_records(lmdb_dir) if (lmdb_dir / "data.mdb").is_file() else 0
+    count_problems = []
+    if total != len(image_ids):
+        count_problems.append(f"{lmdb_dir}: {total} records, the build report {report_path} lists {len(image_ids)}")
+    tally = _scan_records(lmdb_dir, image_ids, expected, {item.label for item in items}, str(instances), readers)
+    problems = count_problems + tally.problems
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise LmdbCheckError(problems[0] + more + "; rebuild the LMDB (rule build_lmdb)")
+    wanted = collections.Counter(box.label for image_id in image_ids for box in expected[image_id].boxes)
+    if tally.boxes != wanted:
+        label = next(label for label in sorted(set(tally.boxes) | set(wanted)) if tally.boxes[label] != wanted[label])
+        names = label_display_names(items)
+        raise LmdbCheckError(
+            f"{lmdb_dir}: label {label} ({names.get(label)}) has {tally.boxes[label]} boxes, "
+            f"{instances} gives {wanted[label]}; rebuild the LMDB (rule build_lmdb)"
+        )
+    summary = _summary(report, tally)
+    _write_outputs(out_dir, items, tally, wanted, summary)
     return summary
 
 

@@ -3,29 +3,19 @@
 The LMDB build and the LMDB check both work from these records, so they agree on what an image
 should contain. A *bad record* is an image that cannot go into the LMDB as it is (duplicate id,
 unknown category, zero-area box, box outside the image; file problems are found when the image is
-read). File-level problems (not JSON, not a COCO instances file) raise ``CocoFileError``.
+read). The instances file itself is read by ``ssdlite_coco.dataset.coco_json.load_instances``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-from ssdlite_coco.common.errors import SsdliteError
 
 # Boxes may overshoot the image by this many pixels (rounding in the annotation tools); they are
 # clipped. Anything further outside is a bad record.
 BOX_TOLERANCE_PX = 1.0
 CROWD_POLICIES = ("difficult", "drop")
-COCO_HINT = "expected a COCO instances file with 'images', 'annotations' and 'categories' lists"
-
-
-class CocoFileError(SsdliteError):
-    """The annotation file is unreadable or not a COCO instances file; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -61,67 +51,6 @@ class Plan:
     records: list[ImageRecord]
     bad: list[BadRecord]
     counts: Counter
-
-
-def load_coco(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a COCO instances file and check its structure; raise CocoFileError (one line) if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise CocoFileError(f"{path}: annotation file not found; run the dataset stage or fix the path")
-    try:
-        with path.open("rb") as stream:
-            data = json.load(stream)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CocoFileError(f"{path}: not valid JSON ({error}); {COCO_HINT}") from None
-    if not isinstance(data, dict):
-        raise CocoFileError(f"{path}: top level is a JSON {type(data).__name__}; {COCO_HINT}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise CocoFileError(f"{path}: no '{key}' list; {COCO_HINT}")
-    for index, image in enumerate(data["images"]):
-        if (
-            not isinstance(image, dict)
-            or not all(_is_int(image.get(key)) for key in ("id", "width", "height"))
-            or not isinstance(image.get("file_name"), str)
-        ):
-            raise CocoFileError(
-                f"{path}: images[{index}] needs integer 'id', 'width', 'height' and a string "
-                f"'file_name'; got {_short(image)}"
-            )
-    for index, annotation in enumerate(data["annotations"]):
-        bbox = annotation.get("bbox") if isinstance(annotation, dict) else None
-        if (
-            not isinstance(annotation, dict)
-            or not all(_is_int(annotation.get(key)) for key in ("id", "image_id", "category_id"))
-            or not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(value) for value in bbox))
-        ):
-            raise CocoFileError(
-                f"{path}: annotations[{index}] needs integer 'id', 'image_id', 'category_id' "
-                f"and 'bbox': [x, y, width, height]; got {_short(annotation)}"
-            )
-    for index, category in enumerate(data["categories"]):
-        if (
-            not isinstance(category, dict)
-            or not _is_int(category.get("id"))
-            or not isinstance(category.get("name"), str)
-        ):
-            raise CocoFileError(
-                f"{path}: categories[{index}] needs an integer 'id' and a string 'name'; got {_short(category)}"
-            )
-    return data
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def plan_records(
@@ -170,50 +99,55 @@ def plan_records(
     records: list[ImageRecord] = []
     for image_id in sorted(images):
         image = images[image_id]
-        width, height = image["width"], image["height"]
         where = f"{source}: image id {image_id} ({image['file_name']})"
-        if width <= 0 or height <= 0:
-            bad.append(
-                BadRecord(image_id, "bad_image_size", f"{where} has size {width}x{height}; fix 'width' and 'height'")
-            )
+        if image["width"] <= 0 or image["height"] <= 0:
+            size = f"{image['width']}x{image['height']}"
+            bad.append(BadRecord(image_id, "bad_image_size", f"{where} has size {size}; fix 'width' and 'height'"))
             continue
-        boxes: list[Box] = []
-        problem: BadRecord | None = None
-        for annotation in sorted(by_image.get(image_id, []), key=lambda a: a["id"]):
-            problem = _annotation_problem(annotation, width, height, category_to_label, where, labelmap_source)
-            if problem is not None:
-                break
-            x, y, w, h = (float(value) for value in annotation["bbox"])
-            if annotation.get("iscrowd", 0):
-                counts["crowd_boxes"] += 1
-                if crowd == "drop":
-                    counts["crowd_boxes_dropped"] += 1
-                    continue
-            if w < min_box_size or h < min_box_size:
-                counts["small_boxes_dropped"] += 1
-                continue
-            xmin, ymin = max(0.0, x), max(0.0, y)
-            xmax, ymax = min(float(width), x + w), min(float(height), y + h)
-            if (xmin, ymin, xmax, ymax) != (x, y, x + w, y + h):
-                counts["boxes_clipped"] += 1
-            boxes.append(
-                Box(
-                    annotation["id"],
-                    annotation["category_id"],
-                    category_to_label[annotation["category_id"]],
-                    xmin,
-                    ymin,
-                    xmax,
-                    ymax,
-                    bool(annotation.get("iscrowd", 0)),
-                )
-            )
-        if problem is not None:
-            bad.append(problem)
+        annotations = sorted(by_image.get(image_id, []), key=lambda a: a["id"])
+        boxes = _image_boxes(image, annotations, category_to_label, where, labelmap_source, crowd, min_box_size, counts)
+        if isinstance(boxes, BadRecord):
+            bad.append(boxes)
             continue
         boxes.sort(key=lambda box: (box.label, box.annotation_id))
-        records.append(ImageRecord(image_id, image["file_name"], width, height, boxes))
+        records.append(ImageRecord(image_id, image["file_name"], image["width"], image["height"], boxes))
     return Plan(records, bad, counts)
+
+
+def _image_boxes(
+    image: dict,
+    annotations: list[dict],
+    category_to_label: dict[int, int],
+    where: str,
+    labelmap_source: str,
+    crowd: str,
+    min_box_size: float,
+    counts: Counter,
+) -> list[Box] | BadRecord:
+    """The boxes of one image in pixels (clipped, crowd and small ones handled), or its first bad annotation."""
+    width, height = image["width"], image["height"]
+    boxes: list[Box] = []
+    for annotation in annotations:
+        problem = _annotation_problem(annotation, width, height, category_to_label, where, labelmap_source)
+        if problem is not None:
+            return problem
+        x, y, w, h = (float(value) for value in annotation["bbox"])
+        if annotation.get("iscrowd", 0):
+            counts["crowd_boxes"] += 1
+            if crowd == "drop":
+                counts["crowd_boxes_dropped"] += 1
+                continue
+        if w < min_box_size or h < min_box_size:
+            counts["small_boxes_dropped"] += 1
+            continue
+        xmin, ymin = max(0.0, x), max(0.0, y)
+        xmax, ymax = min(float(width), x + w), min(float(height), y + h)
+        if (xmin, ymin, xmax, ymax) != (x, y, x + w, y + h):
+            counts["boxes_clipped"] += 1
+        label = category_to_label[annotation["category_id"]]
+        difficult = bool(annotation.get("iscrowd", 0))
+        boxes.append(Box(annotation["id"], annotation["category_id"], label, xmin, ymin, xmax, ymax, difficult))
+    return boxes
 
 
 def _annotation_problem(

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.dataset.coco_json import load_instances
 from ssdlite_coco.labelmap import category_to_label, read_labelmap
 from ssdlite_coco.lmdb.image_bytes import ImageDataError, prepare_image_bytes
-from ssdlite_coco.lmdb.records import CROWD_POLICIES, BadRecord, ImageRecord, load_coco, plan_records
+from ssdlite_coco.lmdb.records import CROWD_POLICIES, BadRecord, ImageRecord, plan_records
 
 BAD_RECORD_POLICIES = ("stop", "skip")
 RECORDS_PER_TXN = 1000
@@ -44,11 +46,11 @@ class LmdbBuildError(SsdliteError):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    crowd: str = "difficult"
-    min_box_size: float = 0.0
-    on_bad_record: str = "stop"
+    crowd: str = schema_default("lmdb.crowd")
+    min_box_size: float = schema_default("lmdb.min_box_size")
+    on_bad_record: str = schema_default("lmdb.on_bad_record")
     shuffle_seed: int | None = None
-    readers: int = 2
+    readers: int = schema_default("lmdb.readers")
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -279,6 +281,37 @@ def _stop_message(bad: BadRecord) -> str:
     return f"{bad.message} (or set lmdb.on_bad_record: skip to leave such images out)"
 
 
+def _count_written(counts: collections.Counter, result: _ReadResult) -> None:
+    counts["boxes"] += len(result.record.boxes)
+    counts["difficult_boxes"] += sum(box.difficult for box in result.record.boxes)
+    counts["images_without_boxes"] += not result.record.boxes
+    counts["grayscale_images"] += result.gray
+    if result.change:
+        counts["reencoded_images" if result.change.startswith("re-encoded") else "exif_orientation_removed"] += 1
+
+
+def _build_report(instances, images_dir, labelmap, options: BuildOptions, num_images: int, writer, counts, bad):
+    """The build report, less what the written records add (``records``, ``image_ids``)."""
+    return {
+        "instances": str(instances),
+        "images_dir": str(images_dir),
+        "labelmap": str(labelmap),
+        "options": {
+            "crowd": options.crowd,
+            "min_box_size": options.min_box_size,
+            "on_bad_record": options.on_bad_record,
+            "shuffle_seed": options.shuffle_seed,
+        },
+        "images_in_annotation_file": num_images,
+        "records": None,  # filled in by the caller
+        "map_size": writer.map_size,
+        "map_size_grown": writer.grown,
+        "counts": {key: counts[key] for key in sorted(counts)},
+        "bad_records": {kind: n for kind, n in sorted(collections.Counter(b.kind for b in bad).items())},
+        "bad_record_messages": [b.message for b in bad],
+    }
+
+
 def build_lmdb(
     instances: str | os.PathLike,
     images_dir: str | os.PathLike,
@@ -294,7 +327,7 @@ def build_lmdb(
     """
     instances, images_dir, out_lmdb = Path(instances), Path(images_dir), Path(out_lmdb)
     source = str(instances)
-    coco = load_coco(instances)
+    coco = load_instances(instances)
     items = read_labelmap(labelmap)
     plan = plan_records(
         coco,
@@ -326,14 +359,7 @@ def build_lmdb(
                     continue
                 writer.put(record_key(len(written_ids), result.record.image_id), result.value)
                 written_ids.append(result.record.image_id)
-                counts["boxes"] += len(result.record.boxes)
-                counts["difficult_boxes"] += sum(box.difficult for box in result.record.boxes)
-                counts["images_without_boxes"] += not result.record.boxes
-                counts["grayscale_images"] += result.gray
-                if result.change:
-                    counts[
-                        "reencoded_images" if result.change.startswith("re-encoded") else "exif_orientation_removed"
-                    ] += 1
+                _count_written(counts, result)
             progress.close()
             writer.close()
             os.chmod(tmp, 0o755)  # a temporary folder is private; the LMDB is not
@@ -344,25 +370,8 @@ def build_lmdb(
             raise LmdbBuildError(
                 f"{instances}: no image could be written to the LMDB ({len(bad)} bad records); check the split"
             )
-        report = {
-            "instances": str(instances),
-            "images_dir": str(images_dir),
-            "labelmap": str(labelmap),
-            "options": {
-                "crowd": options.crowd,
-                "min_box_size": options.min_box_size,
-                "on_bad_record": options.on_bad_record,
-                "shuffle_seed": options.shuffle_seed,
-            },
-            "images_in_annotation_file": len(coco["images"]),
-            "records": len(written_ids),
-            "map_size": writer.map_size,
-            "map_size_grown": writer.grown,
-            "counts": {key: counts[key] for key in sorted(counts)},
-            "bad_records": {kind: n for kind, n in sorted(collections.Counter(b.kind for b in bad).items())},
-            "bad_record_messages": [b.message for b in bad],
-            "image_ids": written_ids,
-        }
+        report = _build_report(instances, images_dir, labelmap, options, len(coco["images"]), writer, counts, bad)
+        report = report | {"records": len(written_ids), "image_ids": written_ids}
         atomic_write_text(out_report, json.dumps(report, indent=1) + "\n")
     return report
 

@@ -1,3 +1,1 @@
-"""Stage model (rules/model.smk): the MobileNetV2-SSDLite train/test/deploy nets and the solver, generated or patched.
-
-"""
+"""Stage model (rules/model.smk): MobileNetV2-SSDLite train/test/deploy nets and the solver, generated or patched."""

@@ -14,13 +14,11 @@ omission.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from caffe.proto import caffe_pb2
-from google.protobuf import text_format
 
+from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.model.heads import (
     CONF_LOSS_TYPES,
@@ -35,8 +33,6 @@ from ssdlite_coco.model.heads import (
 )
 from ssdlite_coco.model.layers import ACTIVATIONS, BN_MODES, PADDINGS, NetWriter
 from ssdlite_coco.model.mobilenetv2 import build_mobilenetv2
-from ssdlite_coco.model.patcher import PatchSettings, parse_prototxt, patch_net, patch_solver
-from ssdlite_coco.model.solver import SolverOptions, build_solver, count_test_iterations
 
 ROLES = ("train", "test", "deploy")
 NET_NAME = "MobileNetV2-SSDLite"
@@ -52,30 +48,36 @@ class ModelError(SsdliteError):
 
 @dataclass(frozen=True)
 class ModelOptions:
+    """The generator's options; each default and meaning is the `model` section of config/schema.yaml."""
+
     num_classes: int = 81
-    input_size: int = 300
-    width: float = 1.0
-    activation: str = "relu6"  # relu6 | relu
-    backbone_bn: str = "explicit"  # explicit: BatchNorm + Scale (trainable); folded: convolution bias only
-    bn_moving_average_fraction: float = 0.999  # decay of BatchNorm's running statistics per iteration
-    padding: str = "caffe"  # caffe: symmetric; tf: TensorFlow "SAME" on stride-2 layers (pad + slice)
-    conf_loss: str = "logistic"  # logistic (sigmoid scores) | softmax
-    augmentation: bool = True  # SSD photometric distortion, expansion, batch sampling, mirror
-    train_batch_size: int = 24
-    test_batch_size: int = 8
+    input_size: int = schema_default("model.input_size")
+    width: float = schema_default("model.width")
+    activation: str = schema_default("model.activation")
+    backbone_bn: str = schema_default(
+        "model.backbone_bn"
+    )  # explicit: BatchNorm + Scale (trainable); folded: convolution bias only
+    bn_moving_average_fraction: float = schema_default(
+        "model.bn_moving_average_fraction"
+    )  # decay of BatchNorm's running statistics per iteration
+    padding: str = schema_default(
+        "model.padding"
+    )  # caffe: symmetric; tf: TensorFlow "SAME" on stride-2 layers (pad + slice)
+    conf_loss: str = schema_default("model.conf_loss")
+    augmentation: bool = schema_default(
+        "model.augmentation"
+    )  # SSD photometric distortion, expansion, batch sampling, mirror
+    train_batch_size: int = schema_default("model.train_batch_size")
+    test_batch_size: int = schema_default("model.test_batch_size")
     train_source: str = "results/lmdb/trainval_lmdb"
     test_source: str = "results/lmdb/test_lmdb"
     label_map_file: str = "results/labelmap/labelmap.prototxt"
     name_size_file: str | None = None  # test set "image_id height width" list for DetectionEvaluate
     test_detection: DetectionSettings = field(
-        default_factory=lambda: DetectionSettings(
-            confidence_threshold=0.01, nms_threshold=0.45, top_k=400, keep_top_k=200
-        )
+        default_factory=lambda: DetectionSettings(**schema_default("model.test_detection"))
     )
     deploy_detection: DetectionSettings = field(
-        default_factory=lambda: DetectionSettings(
-            confidence_threshold=0.35, nms_threshold=0.45, top_k=100, keep_top_k=100
-        )
+        default_factory=lambda: DetectionSettings(**schema_default("model.deploy_detection"))
     )
 
     def __post_init__(self):
@@ -279,169 +281,3 @@ def feature_maps(options: ModelOptions) -> list[FeatureMap]:
 
 def num_priors(options: ModelOptions) -> int:
     return sum(fmap.size * fmap.size * fmap.priors_per_cell for fmap in feature_maps(options))
-
-
-def message_to_text(message, header: str | None = None) -> str:
-    """Readable protobuf text (one field per line: two versions diff cleanly) under a comment header."""
-    text = text_format.MessageToString(message, as_utf8=True)
-    lines = [f"# {line}" if line else "#" for line in (header or "").splitlines()]
-    return "\n".join(lines) + ("\n" if lines else "") + text
-
-
-def net_to_text(net: caffe_pb2.NetParameter, header: str | None = None) -> str:
-    return message_to_text(net, header)
-
-
-def parse_net(text: str) -> caffe_pb2.NetParameter:
-    return text_format.Parse(text, caffe_pb2.NetParameter())
-
-
-# -- the workflow's model stage: config in, prototxts out ---------------------------------------------------
-MODEL_FILES = ("train", "test", "deploy", "solver")
-
-
-def labelmap_num_classes(labelmap_file: str | Path) -> int:
-    """Classes a net needs for ``labelmap_file``: the highest label + 1 (label 0 is the background)."""
-    path = Path(labelmap_file)
-    try:
-        labelmap = text_format.Parse(path.read_text(), caffe_pb2.LabelMap())
-    except (OSError, text_format.ParseError) as error:
-        raise ModelError(f"{path}: not a readable Caffe LabelMap: {error}") from None
-    if not labelmap.item:
-        raise ModelError(f"{path}: the labelmap has no item")
-    return max(item.label for item in labelmap.item) + 1
-
-
-def count_test_images(instances_file: str | Path) -> int:
-    path = Path(instances_file)
-    try:
-        images = json.loads(path.read_text())["images"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"{path}: not a COCO instances file with an 'images' list ({error})") from None
-    if not images:
-        raise ModelError(f"{path}: the test set has no image; test_iter needs at least one")
-    return len(images)
-
-
-def resolve_num_classes(requested: int | str, labelmap_file: str | Path) -> int:
-    needed = labelmap_num_classes(labelmap_file)
-    if requested == "auto":
-        return needed
-    if not isinstance(requested, int) or isinstance(requested, bool):
-        raise ModelError(f"model.num_classes must be an integer or 'auto', got {requested!r}")
-    if requested < needed:
-        raise ModelError(
-            f"model.num_classes is {requested} but {labelmap_file} has labels up to {needed - 1}: "
-            f"set model.num_classes to at least {needed} (or 'auto')"
-        )
-    return requested
-
-
-def inspect_deploy(deploy_file: str | Path) -> dict:
-    """Instantiate a deploy net in pycaffe: priors, outputs, parameter counts (BatchNorm statistics apart)."""
-    import caffe
-
-    net = caffe.Net(str(deploy_file), caffe.TEST)
-    types = {name: layer.type for name, layer in zip(net._layer_names, net.layers, strict=True)}
-    all_blobs = sum(blob.data.size for params in net.params.values() for blob in params)
-    learnable = sum(
-        blob.data.size for name, params in net.params.items() if types.get(name) != "BatchNorm" for blob in params
-    )
-    return {
-        "num_priors": int(net.blobs["mbox_priorbox"].data.shape[2] // 4),
-        "outputs": {name: list(net.blobs[name].data.shape) for name in net.outputs},
-        "learnable_parameters": int(learnable),
-        "parameter_blob_values": int(all_blobs),
-    }
-
-
-def _header(lines: list[str]) -> str:
-    return "\n".join(
-        ["Written by ssdlite-coco (scripts/make_model.py); edit config/config.yaml, not this file."] + lines
-    )
-
-
-def generate_model(
-    model: ModelOptions,
-    solver_options: SolverOptions,
-    paths: dict[str, str],
-    num_test_images: int,
-    device: str = "cpu",
-) -> tuple[dict[str, str], dict]:
-    """Texts of train, test, deploy and solver prototxts, and what was resolved, for ``model``."""
-    description = (
-        f"MobileNetV2-SSDLite: width {model.width}, {model.input_size}x{model.input_size}, "
-        f"{model.num_classes} classes, {model.activation}, backbone BN {model.backbone_bn}, "
-        f"augmentation {'on' if model.augmentation else 'off'}"
-    )
-    texts = {role: net_to_text(build_net(model, role), _header([description, f"{role} net"])) for role in ROLES}
-    test_iter = count_test_iterations(num_test_images, model.test_batch_size)
-    solver = build_solver(solver_options, paths["train"], paths["test"], test_iter, device)
-    texts["solver"] = message_to_text(
-        solver,
-        _header(
-            [
-                description,
-                f"solver: test_iter {test_iter} = {num_test_images} test images / batch {model.test_batch_size}",
-            ]
-        ),
-    )
-    maps = feature_maps(model)
-    resolved = {
-        "test_iter": test_iter,
-        "num_priors": sum(fmap.size * fmap.size * fmap.priors_per_cell for fmap in maps),
-        "feature_maps": [dataclasses.asdict(fmap) | {"priors_per_cell": fmap.priors_per_cell} for fmap in maps],
-        "resize_field": resize_field(),
-    }
-    if resize_field() is None:
-        resolved["warning"] = "this Caffe cannot resize in the data layer: the LMDB images must be input-sized"
-    return texts, resolved
-
-
-def patch_model(
-    sources: dict[str, str],
-    settings: PatchSettings,
-    solver_options: SolverOptions,
-    paths: dict[str, str],
-    num_test_images: int,
-    device: str = "cpu",
-) -> tuple[dict[str, str], dict]:
-    """Texts of the user's train, test, deploy and solver prototxts patched onto this workflow's data."""
-    missing = [role for role in MODEL_FILES if not sources.get(role)]
-    if missing:
-        raise ModelError(
-            f"model.mode is 'patch' but model.patch lacks {', '.join(missing)}: give the paths "
-            "of your train, test, deploy and solver prototxts"
-        )
-    texts, warnings = {}, []
-    nets = {}
-    for role in ROLES:
-        net = parse_prototxt(sources[role], caffe_pb2.NetParameter())
-        nets[role], net_warnings = patch_net(net, role, settings, where=str(sources[role]))
-        warnings += net_warnings
-    test_batch = next(layer.data_param.batch_size for layer in nets["test"].layer if layer.type == "AnnotatedData")
-    test_iter = count_test_iterations(num_test_images, test_batch)
-    solver = parse_prototxt(sources["solver"], caffe_pb2.SolverParameter())
-    solver, solver_warnings = patch_solver(
-        solver,
-        paths["train"],
-        paths["test"],
-        test_iter,
-        solver_options.snapshot_prefix,
-        device,
-        solver_options.test_interval,
-        where=str(sources["solver"]),
-    )
-    warnings += solver_warnings
-    for role in ROLES:
-        texts[role] = net_to_text(nets[role], _header([f"patched from {sources[role]}", f"{role} net"]))
-    texts["solver"] = message_to_text(
-        solver,
-        _header(
-            [
-                f"patched from {sources['solver']}",
-                f"solver: test_iter {test_iter} = {num_test_images} test images / batch {test_batch}",
-            ]
-        ),
-    )
-    return texts, {"test_iter": test_iter, "warnings": warnings}

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 from caffe.proto import caffe_pb2
-from google.protobuf import text_format
 
+from ssdlite_coco.caffe_tools.device import solver_mode
 from ssdlite_coco.common.errors import SsdliteError
 
 ROLES = ("train", "test", "deploy")
@@ -49,22 +48,6 @@ class PatchSettings:
     name_size_file: str | None = None
     relu6_supported: bool = True
     known_layer_types: frozenset[str] | None = None  # None: do not check layer types
-
-
-def parse_prototxt(path: str | Path, message):
-    """Parse ``path`` into ``message`` (a fresh NetParameter or SolverParameter), or raise PatchError."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise PatchError(f"{path}: cannot read: {error.strerror}") from None
-    try:
-        return text_format.Parse(text, message)
-    except text_format.ParseError as error:
-        hint = ""
-        if "TransformationParameter" in str(error):
-            hint = " (this Caffe's data transformer lacks that field: build it with the SSD augmentation patch)"
-        raise PatchError(f"{path}: not a valid {message.DESCRIPTOR.name} for this Caffe: {error}{hint}") from None
 
 
 def _fail(where: str, layer: caffe_pb2.LayerParameter | None, reason: str):
@@ -314,5 +297,5 @@ def patch_solver(
     if solver.max_iter <= 0:
         warnings.append(f"{where}: max_iter is {solver.max_iter}: training will stop at once")
     solver.snapshot_prefix = snapshot_prefix
-    solver.solver_mode = caffe_pb2.SolverParameter.GPU if device == "cuda" else caffe_pb2.SolverParameter.CPU
+    solver.solver_mode = solver_mode(device)
     return solver, warnings

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from caffe.proto import caffe_pb2
 
+from ssdlite_coco.caffe_tools.device import solver_mode
+from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
@@ -25,25 +27,27 @@ class SolverError(SsdliteError):
 
 @dataclass(frozen=True)
 class SolverOptions:
-    type: str = "SGD"
-    base_lr: float = 0.005
-    lr_policy: str = "multistep"
-    gamma: float = 0.1
-    steps: list[int] = field(default_factory=lambda: [120000, 160000])
-    power: float = 1.0  # poly / inv
-    momentum: float = 0.9
-    rms_decay: float = 0.9
-    weight_decay: float = 0.00004
-    max_iter: int = 200000
-    snapshot: int = 10000
-    snapshot_prefix: str = "resources/snapshots/mobilenetv2_ssdlite"
-    test_interval: int = 10000
-    test_initialization: bool = False
-    display: int = 20
-    average_loss: int = 20
-    iter_size: int = 1
-    random_seed: int | None = None
-    ap_version: str = "11point"  # 11point | MaxIntegral | Integral
+    """The solver settings; each default and meaning is the `solver` section of config/schema.yaml."""
+
+    type: str = schema_default("solver.type")
+    base_lr: float = schema_default("solver.base_lr")
+    lr_policy: str = schema_default("solver.lr_policy")
+    gamma: float = schema_default("solver.gamma")
+    steps: list[int] = field(default_factory=lambda: schema_default("solver.steps"))
+    power: float = schema_default("solver.power")
+    momentum: float = schema_default("solver.momentum")
+    rms_decay: float = schema_default("solver.rms_decay")
+    weight_decay: float = schema_default("solver.weight_decay")
+    max_iter: int = schema_default("solver.max_iter")
+    snapshot: int = schema_default("solver.snapshot")
+    snapshot_prefix: str = schema_default("solver.snapshot_prefix")
+    test_interval: int = schema_default("solver.test_interval")
+    test_initialization: bool = schema_default("solver.test_initialization")
+    display: int = schema_default("solver.display")
+    average_loss: int = schema_default("solver.average_loss")
+    iter_size: int = schema_default("solver.iter_size")
+    random_seed: int | None = schema_default("solver.random_seed")
+    ap_version: str = schema_default("solver.ap_version")
 
     def __post_init__(self):
         if self.type not in SOLVER_TYPES:
@@ -119,5 +123,5 @@ def build_solver(
     solver.iter_size = options.iter_size
     if options.random_seed is not None:
         solver.random_seed = options.random_seed
-    solver.solver_mode = caffe_pb2.SolverParameter.GPU if device == "cuda" else caffe_pb2.SolverParameter.CPU
+    solver.solver_mode = solver_mode(device)
     return solver

@@ -1,3 +1,1 @@
-"""Stage train (rules/train.smk): initial weights, training through pycaffe with resumable snapshots, the training log.
-
-"""
+"""Stage train (rules/train.smk): initial weights (fetch, check), training with resumable snapshots, the log."""

@@ -26,100 +26,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ssdlite_coco.caffe_tools.device import select_device, solver_mode
+from ssdlite_coco.caffe_tools.prototxt import format_prototxt, read_net, read_prototxt
+from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, format_copy_table, read_caffemodel
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
+from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.digests import file_digest
 from ssdlite_coco.common.errors import SsdliteError
-from ssdlite_coco.evaluate.test_net import DetectionEvalAccumulator, format_duration
+from ssdlite_coco.common.formatting import format_duration
+from ssdlite_coco.evaluate.detection_eval import DetectionEvalAccumulator
 from ssdlite_coco.train.log import LOG_COLUMNS, read_log_csv, write_log_csv
-
-DEVICES = ("cpu", "cuda")
 
 
 class TrainingError(SsdliteError):
     """Training cannot start or go on; the message names the file or setting and the fix."""
 
 
-# -------------------------------------------------------------------------------------------- the device
-def caffe_prefix() -> Path | None:
-    explicit = os.environ.get("SSDLITE_CAFFE_PREFIX")
-    if explicit:
-        return Path(explicit)
-    try:
-        import caffe
-    except ImportError:
-        return None
-    return Path(caffe.__file__).resolve().parents[2]
-
-
-def caffe_build_device() -> str | None:
-    """``cpu`` or ``cuda`` as recorded in the build manifest of the imported Caffe (None if unknown)."""
-    prefix = caffe_prefix()
-    manifest = prefix / "manifest.json" if prefix else None
-    if manifest is None or not manifest.is_file():
-        return None
-    return json.loads(manifest.read_text()).get("device")
-
-
-def cuda_device_count() -> tuple[int, str]:
-    """How many GPUs the CUDA driver (libcuda) reports, and why none where that is 0.
-
-    Asked before Caffe touches the GPU: a CUDA Caffe on a machine without a GPU or driver would
-    otherwise stop the process with a glog fatal error instead of a Python exception.
-    """
-    import ctypes
-
-    try:
-        driver = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return 0, "the NVIDIA driver library libcuda.so.1 is not installed on this machine"
-    status = driver.cuInit(0)
-    if status != 0:
-        return 0, f"the NVIDIA driver found no usable GPU (cuInit returned error {status})"
-    count = ctypes.c_int(0)
-    status = driver.cuDeviceGetCount(ctypes.byref(count))
-    if status != 0 or count.value == 0:
-        return 0, "the NVIDIA driver reports no GPU"
-    return count.value, ""
-
-
-def select_device(device: str, gpu_id: int = 0) -> None:
-    """Put Caffe in CPU or GPU mode; GPU mode on a CPU-only build fails with one clear line."""
-    import caffe
-
-    if device not in DEVICES:
-        raise TrainingError(f"device {device!r} is not known; use one of {', '.join(DEVICES)}")
-    if device == "cuda":
-        built = caffe_build_device()
-        if built != "cuda":
-            raise TrainingError(
-                f"train.device is cuda but the Caffe in use ({caffe_prefix()}) is a {built or 'unknown'} build; "
-                "set caffe.device: cuda in the config (and SSDLITE_CAFFE_DEVICE=cuda for scripts/with-caffe) "
-                "to build Caffe with CUDA, or set train.device: cpu"
-            )
-        count, why = cuda_device_count()
-        if gpu_id >= count:
-            raise TrainingError(
-                f"train.device is cuda but {why or f'there is no GPU {gpu_id} (this machine has {count})'}; "
-                "run on a machine with an NVIDIA GPU and driver, or set train.device: cpu"
-            )
-        caffe.set_mode_gpu()
-        caffe.set_device(gpu_id)
-    else:
-        caffe.set_mode_cpu()
-
-
 # -------------------------------------------------------------------------------------------- the solver
 def read_solver(path: str | os.PathLike):
     from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
 
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"{path}: solver prototxt not found (made by the model rule)")
-    solver = caffe_pb2.SolverParameter()
-    try:
-        text_format.Parse(path.read_text(), solver)
-    except text_format.ParseError as error:
-        raise TrainingError(f"{path}: not a Caffe SolverParameter prototxt ({error})") from None
+    solver = read_prototxt(path, caffe_pb2.SolverParameter(), made_by="the model rule")
     if not solver.HasField("train_net") and not solver.HasField("net"):
         raise TrainingError(f"{path}: names no train net; set train_net: (or net:) to the train prototxt")
     if solver.max_iter < 0:
@@ -151,7 +78,7 @@ def net_paths(solver, solver_path: Path) -> tuple[Path, list[Path]]:
     return train, tests
 
 
-def patch_solver(solver, solver_path: Path, snapshot_prefix: Path, device: str):
+def solver_for_stepping(solver, solver_path: Path, snapshot_prefix: Path, device: str):
     """The solver as this runner drives it: absolute paths, our device, Caffe's snapshots/tests/display off."""
     from caffe.proto import caffe_pb2
 
@@ -174,14 +101,13 @@ def patch_solver(solver, solver_path: Path, snapshot_prefix: Path, device: str):
     patched.display = 0
     patched.snapshot_prefix = str(snapshot_prefix)
     patched.snapshot_format = caffe_pb2.SolverParameter.BINARYPROTO
-    patched.solver_mode = caffe_pb2.SolverParameter.GPU if device == "cuda" else caffe_pb2.SolverParameter.CPU
+    patched.solver_mode = solver_mode(device)
     return patched
 
 
 def run_key(solver, train_net: Path, initial_weights: Path | None) -> str:
     """What makes a snapshot reusable: train net text, solver settings except max_iter and logging, weights."""
     from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
 
     settings = caffe_pb2.SolverParameter()
     settings.CopyFrom(solver)
@@ -204,19 +130,11 @@ def run_key(solver, train_net: Path, initial_weights: Path | None) -> str:
     ):
         settings.ClearField(name)
     digest = hashlib.sha256()
-    digest.update(text_format.MessageToString(settings).encode())
+    digest.update(format_prototxt(settings).encode())
     digest.update(train_net.read_bytes())
     if initial_weights is not None:
-        digest.update(_file_digest(initial_weights).encode())
+        digest.update(file_digest(initial_weights, "sha256").encode())
     return digest.hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def learning_rate(solver, iteration: int) -> float:
@@ -244,10 +162,8 @@ def learning_rate(solver, iteration: int) -> float:
 def loss_weights(net_file: Path) -> dict[str, float]:
     """Output blob → loss weight for the TRAIN phase of a net prototxt (Caffe's defaults for *Loss layers)."""
     from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
 
-    net = caffe_pb2.NetParameter()
-    text_format.Parse(net_file.read_text(), net)
+    net = read_net(net_file)
     weights = {}
     for layer in net.layer:
         if any(rule.HasField("phase") and rule.phase != caffe_pb2.TRAIN for rule in layer.include):
@@ -319,10 +235,12 @@ class TrainSettings:
     weights_out: Path
     log_csv_out: Path
     snapshot_root: Path
-    device: str = "cpu"
+    device: str = schema_default("train.device")
     initial_weights: Path | None = None
-    snapshot_interval: int = 0  # 0 = the solver's `snapshot` (1000 where that is 0 too)
-    keep_snapshots: int = 2
+    snapshot_interval: int = schema_default(
+        "train.snapshot_interval"
+    )  # 0 = the solver's `snapshot` (1000 where that is 0 too)
+    keep_snapshots: int = schema_default("train.keep_snapshots")
     progress_interval: int = 0  # iterations between progress lines; 0 = the solver's display (else 100)
 
 
@@ -341,48 +259,39 @@ def test_detection(solver, test_index: int, test_iter: int, ap_version: str) -> 
     return accumulator.mean_ap(ap_version) if found else None
 
 
-def train(settings: TrainSettings, log=print) -> dict[str, Any]:
-    """Train to the solver's ``max_iter`` (resuming from the newest snapshot); write weights and the log CSV."""
+def _open_solver(settings: TrainSettings, original, solver_path: Path, train_net: Path, initial: Path | None):
+    """This run's snapshot store (keyed by what makes snapshots reusable) and the pycaffe solver it drives."""
     import caffe
-    from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, format_copy_table, read_caffemodel
 
-    solver_path = Path(settings.solver)
-    original = read_solver(solver_path)
-    train_net, test_nets = net_paths(original, solver_path)
-    initial = Path(settings.initial_weights) if settings.initial_weights else None
-    if initial is not None and not initial.is_file():
-        raise TrainingError(f"initial weights {initial} not found")
-    if settings.snapshot_interval < 0:
-        raise TrainingError(f"train.snapshot_interval is {settings.snapshot_interval}; it must be >= 0")
-    snapshot_interval = settings.snapshot_interval or original.snapshot or 1000
     select_device(settings.device)
     key = run_key(original, train_net, initial)
     store = SnapshotStore(Path(settings.snapshot_root).resolve() / f"run-{key}", settings.keep_snapshots)
     store.folder.mkdir(parents=True, exist_ok=True)
-    patched = patch_solver(original, solver_path, store.prefix, settings.device)
+    patched = solver_for_stepping(original, solver_path, store.prefix, settings.device)
     patched_file = store.folder / "solver.prototxt"
-    from google.protobuf import text_format
-
-    atomic_write_text(patched_file, text_format.MessageToString(patched))
+    atomic_write_text(patched_file, format_prototxt(patched))
     if original.random_seed >= 0:
         caffe.set_random_seed(original.random_seed)
-    solver = caffe.get_solver(str(patched_file))
+    return caffe.get_solver(str(patched_file)), store
 
-    rows: list[dict[str, Any]] = []
-    resumed_from = None
+
+def _resume_or_initialize(
+    solver, store: SnapshotStore, max_iter: int, initial: Path | None, train_net: Path, log
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Restore the newest snapshot (its log rows and iteration), else copy the initial weights, else nothing."""
     latest = store.latest()
     if latest is not None:
-        if latest["iteration"] > original.max_iter:
+        if latest["iteration"] > max_iter:
             raise TrainingError(
                 f"the newest snapshot ({latest['solverstate']}) is at iteration "
-                f"{latest['iteration']}, past max_iter {original.max_iter}; raise max_iter or "
+                f"{latest['iteration']}, past max_iter {max_iter}; raise max_iter or "
                 f"delete {store.folder} to train from scratch"
             )
         solver.restore(str(latest["solverstate"]))
+        log(f"resuming from snapshot {latest['solverstate']} at iteration {latest['iteration']}")
         rows = [row for row in read_log_csv(latest["log"]) if row["iteration"] < latest["iteration"]]
-        resumed_from = latest["iteration"]
-        log(f"resuming from snapshot {latest['solverstate']} at iteration {resumed_from}")
-    elif initial is not None:
+        return rows, latest["iteration"]
+    if initial is not None:
         table = copy_weights_by_name(solver.net, read_caffemodel(initial))
         log(f"initial weights {initial} copied by layer name:\n{format_copy_table(table)}")
         if not any(row.status == "copied" for row in table):
@@ -392,25 +301,51 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
             )
     else:
         log("training from the fillers' initialization (no train.initial_weights)")
+    return [], None
 
+
+def _test_rows(solver, original, num_test_nets: int, iteration: int, log) -> list[dict[str, Any]]:
+    """One log row per test net with Caffe's ``detection_eval`` at ``iteration`` (none unless eval_type detection)."""
+    rows = []
+    if original.eval_type != "detection":
+        return rows
+    for index in range(num_test_nets):
+        value = test_detection(solver, index, original.test_iter[index], original.ap_version)
+        if value is not None:
+            rows.append({"iteration": iteration, "loss": math.nan, "learning_rate": math.nan, "detection_eval": value})
+            log(f"iteration {iteration}: test net #{index} detection_eval = {value:.6f}")
+    return rows
+
+
+def _progress_line(rows, average_loss: int, done: int, max_iter: int, rate: float, speed: float) -> str:
+    recent = [row["loss"] for row in rows[-(average_loss or 1) :] if not math.isnan(row["loss"])]
+    eta = (max_iter - done) / speed if speed > 0 else math.inf
+    return (
+        f"iteration {done}/{max_iter} ({100 * done / max_iter:.1f}%), loss {sum(recent) / len(recent):.4f}"
+        f", lr {rate:g}, {speed:.2f} it/s, ETA {format_duration(eta)}"
+    )
+
+
+def train(settings: TrainSettings, log=print) -> dict[str, Any]:
+    """Train to the solver's ``max_iter`` (resuming from the newest snapshot); write weights and the log CSV."""
+    solver_path = Path(settings.solver)
+    original = read_solver(solver_path)
+    train_net, test_nets = net_paths(original, solver_path)
+    initial = Path(settings.initial_weights) if settings.initial_weights else None
+    if initial is not None and not initial.is_file():
+        raise TrainingError(f"initial weights {initial} not found")
+    if settings.snapshot_interval < 0:
+        raise TrainingError(f"train.snapshot_interval is {settings.snapshot_interval}; it must be >= 0")
+    snapshot_interval = settings.snapshot_interval or original.snapshot or 1000
+    solver, store = _open_solver(settings, original, solver_path, train_net, initial)
+    rows, resumed_from = _resume_or_initialize(solver, store, original.max_iter, initial, train_net, log)
     weights = loss_weights(train_net)
     max_iter = original.max_iter
     test_interval = original.test_interval if test_nets else 0
-    detection = original.eval_type == "detection"
     display = settings.progress_interval or original.display or 100
     start_iter = solver.iter
     started = time.monotonic()
     last_snapshot = resumed_from
-
-    def run_tests(iteration: int) -> None:
-        for index in range(len(test_nets)):
-            value = test_detection(solver, index, original.test_iter[index], original.ap_version) if detection else None
-            if value is not None:
-                rows.append(
-                    {"iteration": iteration, "loss": math.nan, "learning_rate": math.nan, "detection_eval": value}
-                )
-                log(f"iteration {iteration}: test net #{index} detection_eval = {value:.6f}")
-
     log(
         f"training {train_net.name} from iteration {start_iter} to {max_iter} on {settings.device}; "
         f"snapshots every {snapshot_interval} in {store.folder}"
@@ -418,7 +353,7 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     while solver.iter < max_iter:
         iteration = solver.iter
         if test_interval and iteration % test_interval == 0 and (iteration > 0 or original.test_initialization):
-            run_tests(iteration)
+            rows += _test_rows(solver, original, len(test_nets), iteration, log)
         rate = learning_rate(original, iteration)
         solver.step(1)
         loss = sum(weight * float(solver.net.blobs[name].data.sum()) for name, weight in weights.items())
@@ -432,21 +367,15 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         if done % snapshot_interval == 0:
             last_snapshot = store.save(solver, rows)
         if done % display == 0 or done == max_iter:
-            recent = [row["loss"] for row in rows[-(original.average_loss or 1) :] if not math.isnan(row["loss"])]
-            elapsed = time.monotonic() - started
-            speed = (done - start_iter) / max(elapsed, 1e-9)
-            eta = (max_iter - done) / speed if speed > 0 else math.inf
-            log(
-                f"iteration {done}/{max_iter} ({100 * done / max_iter:.1f}%), loss {sum(recent) / len(recent):.4f}"
-                f", lr {rate:g}, {speed:.2f} it/s, ETA {format_duration(eta)}"
-            )
+            speed = (done - start_iter) / max(time.monotonic() - started, 1e-9)
+            log(_progress_line(rows, original.average_loss, done, max_iter, rate, speed))
     final_iter = solver.iter
     if (
         test_interval
         and final_iter % test_interval == 0
         and not any(row["iteration"] == final_iter and not math.isnan(row["detection_eval"]) for row in rows)
     ):
-        run_tests(final_iter)
+        rows += _test_rows(solver, original, len(test_nets), final_iter, log)
     if last_snapshot != final_iter:
         store.save(solver, rows)
     with atomic_path(settings.weights_out) as tmp:

@@ -47,3 +47,39 @@ def write_annotated_lmdb(path: Path, records: list[tuple[bytes, int, int, list[B
 def caffe_logs_env() -> dict:
     """The environment of a `caffe train` whose INFO lines are parsed: whatever the caller's glog level."""
     return {**os.environ, "GLOG_minloglevel": "0"}
+
+
+TRAIN_SNIPPET = """
+import math, sys
+import caffe
+caffe.set_mode_cpu()
+solver = caffe.get_solver("solver.prototxt")
+losses = []
+for _ in range(int(sys.argv[1])):  # a batch whose crops hold no box has loss 0: look at every iteration
+    solver.step(1)
+    losses.append(float(solver.net.blobs["mbox_loss"].data))
+test = solver.test_nets[0]
+test.forward()
+print("RESULT", max(losses), test.blobs["detection_out"].data.shape[3], test.blobs["detection_eval"].data.shape[3],
+      test.blobs["data"].data.shape[2])
+sys.exit(0 if all(math.isfinite(value) for value in losses) and max(losses) > 0 else 3)
+"""
+
+
+def train_steps(cwd: Path, iterations: int) -> dict:
+    """Step ``cwd/solver.prototxt`` (train + test nets next to it) ``iterations`` times in a fresh process.
+
+    Fails the test unless every loss is finite and one is > 0; returns the largest loss and the widths of
+    the test net's ``detection_out`` and ``detection_eval`` rows and the side of its ``data`` blob.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_SNIPPET, str(iterations)], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loss, detection_width, eval_width, side = result.stdout.split("RESULT")[1].split()
+    return {
+        "loss": float(loss),
+        "detection_width": int(detection_width),
+        "eval_width": int(eval_width),
+        "side": int(side),
+    }

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import write_annotated_lmdb
+from tests.support.helpers import write_annotated_lmdb
 
 SIZE = 64
 CATEGORIES = (1, 3, 62)  # person, car, chair: the most frequent in coco-mini

@@ -4,8 +4,10 @@
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
+
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
 
 os.environ.setdefault("GLOG_minloglevel", "1")
 
@@ -22,11 +24,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--instances", required=True, type=Path, help="COCO instances JSON of the test split")
     parser.add_argument("--images", required=True, type=Path, help="images folder of the test split")
-    parser.add_argument("--check-images", type=int, default=8, help="how many test images to compare on")
+    parser.add_argument(
+        "--check-images",
+        type=int,
+        default=schema_default("evaluate.fold_check_images"),
+        help="how many test images to compare on",
+    )
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=1e-4,
+        default=schema_default("evaluate.fold_tolerance"),
         help="largest allowed output difference, relative to the output's magnitude (at least 1)",
     )
     parser.add_argument("--out-prototxt", required=True, type=Path)
@@ -36,31 +43,26 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.caffe_tools.weights import WeightsError
     from ssdlite_coco.common.atomic import atomic_write_text
-    from ssdlite_coco.evaluate.test_net import DetectionError, transform_settings
     from ssdlite_coco.export.fold import ExportError, check_folding, export_deploy
+    from ssdlite_coco.export.preprocess import transform_settings
 
-    try:
-        data = json.loads(args.instances.read_text())
-        images = [
-            args.images / image["file_name"]
-            for image in sorted(data["images"], key=lambda image: image["id"])[: args.check_images]
-        ]
-        transform = transform_settings(args.test_net)
-        folded = export_deploy(args.deploy_net, args.weights, args.out_prototxt, args.out_weights)
-        check = check_folding(
-            args.deploy_net,
-            args.weights,
-            args.out_prototxt,
-            args.out_weights,
-            images,
-            transform["mean"],
-            transform["scale"],
-        )
-    except (ExportError, DetectionError, WeightsError, OSError, KeyError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    data = json.loads(args.instances.read_text())
+    images = [
+        args.images / image["file_name"]
+        for image in sorted(data["images"], key=lambda image: image["id"])[: args.check_images]
+    ]
+    transform = transform_settings(args.test_net)
+    folded = export_deploy(args.deploy_net, args.weights, args.out_prototxt, args.out_weights)
+    check = check_folding(
+        args.deploy_net,
+        args.weights,
+        args.out_prototxt,
+        args.out_weights,
+        images,
+        transform["mean"],
+        transform["scale"],
+    )
     check.update(
         tolerance=args.tolerance,
         folded=[vars(layer) for layer in folded],
@@ -75,15 +77,13 @@ def main(args: argparse.Namespace) -> int:
     if not check["max_relative_difference"] < args.tolerance:
         for path in (args.out_prototxt, args.out_weights):
             path.unlink(missing_ok=True)
-        print(
-            f"error: the folded net's outputs differ from the original by {check['max_relative_difference']:.3g} "
-            f"relative (> {args.tolerance}) on images of {args.images}: {check['per_blob_relative']}",
-            file=sys.stderr,
+        raise ExportError(
+            f"the folded net's outputs differ from the original by {check['max_relative_difference']:.3g} "
+            f"relative (> {args.tolerance}) on images of {args.images}: {check['per_blob_relative']}"
         )
-        return 1
     atomic_write_text(args.check_json, json.dumps(check, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    run(main, get_args_parser())

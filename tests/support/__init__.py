@@ -1,0 +1,1 @@
+"""Helpers of the tests (not test modules, not fixtures): data builders, workflow runners, servers."""
