@@ -1,4 +1,4 @@
-"""SSD transform-time augmentation of the project's Caffe (caffe/patches/0010-ssd-transform-params.patch).
+"""SSD transform-time augmentation of the project's Caffe (caffe/patches/0010-0016).
 
 Checked through pycaffe on real LMDBs of AnnotatedDatum: the SSD names of TransformationParameter
 (resize_param, distort_param, expand_param, emit_constraint, force_color), the upstream SSDLite COCO nets
