@@ -8,7 +8,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The embedded demo config only when no --configfile is given: a user's file is merged over the schema's
+# defaults (config/schema.yaml), never over the demo's values.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 # Rules run thin scripts over the ssdlite_coco package that lives next to this file.
@@ -23,7 +27,11 @@ os.environ.update(
     ),
 )
 
-from ssdlite_coco.common.config import ConfigError, validate_config
+from ssdlite_coco.common.config import (
+    ConfigError,
+    validate_config,
+    write_effective_config,
+)
 from ssdlite_coco.dataset.coco2017 import ARCHIVE_PATHS
 
 try:
@@ -32,6 +40,11 @@ try:
     )
 except ConfigError as error:
     sys.exit(f"error: {error}")
+
+
+onstart:
+    write_effective_config(config, "results/config.effective.yaml")
+
 
 # scripts/with-caffe picks the CPU or the CUDA build of Caffe from this.
 os.environ.update(SSDLITE_CAFFE_DEVICE=config["caffe"]["device"])

@@ -5,8 +5,10 @@
 rule caffe_build:
     """Build the project's Caffe-SSD (pinned sdist + caffe/patches) into the shared build cache."""
     input:
-        source="caffe/source.json",
-        patches=sorted(glob.glob("caffe/patches/*.patch")),
+        source=os.path.join(workflow.basedir, "caffe", "source.json"),
+        patches=sorted(
+            glob.glob(os.path.join(workflow.basedir, "caffe", "patches", "*.patch"))
+        ),
     output:
         manifest=CAFFE_MANIFEST,
     log:
@@ -19,5 +21,5 @@ rule caffe_build:
     params:
         device=config["caffe"]["device"],
     shell:
-        "build_caffe.py --device {params.device} --jobs {threads}"
-        " --manifest-out {output.manifest} > {log} 2>&1"
+        "logged {log} build_caffe.py --device {params.device} --jobs {threads}"
+        " --manifest-out {output.manifest}"

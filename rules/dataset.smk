@@ -21,8 +21,8 @@ rule dataset_download_archive:
         sha1=coco_archive_sha1,
         retries=DATASET["download"]["retries"],
     shell:
-        "download_archive.py --url={params.url:q} --sha1={params.sha1:q}"
-        " --retries {params.retries} --out {output.archive} > {log} 2>&1"
+        "logged {log} download_archive.py --url={params.url:q} --sha1={params.sha1:q}"
+        " --retries {params.retries} --out {output.archive}"
 
 
 if DATASET["source"] == "demo":
@@ -43,9 +43,8 @@ if DATASET["source"] == "demo":
             images=demo_image_count,
             seed=DATASET["demo"]["seed"],
         shell:
-            "generate_demo_dataset.py --split {wildcards.split} --images {params.images}"
+            "logged {log} generate_demo_dataset.py --split {wildcards.split} --images {params.images}"
             " --seed {params.seed} --out-instances {output.instances} --out-images {output.images}"
-            " > {log} 2>&1"
 
 
 if DATASET["source"] == "download":
@@ -67,9 +66,9 @@ if DATASET["source"] == "download":
         params:
             coco_split=coco_split_of,
         shell:
-            "extract_dataset.py --images-zip {input.images}"
+            "logged {log} extract_dataset.py --images-zip {input.images}"
             " --annotations-zip {input.annotations} --coco-split {params.coco_split}"
-            " --out-instances {output.instances} --out-images {output.images} > {log} 2>&1"
+            " --out-instances {output.instances} --out-images {output.images}"
 
 
 if DATASET["source"] == "subset":
@@ -96,11 +95,11 @@ if DATASET["source"] == "subset":
             retries=DATASET["download"]["retries"],
             cache_dir=coco_images_cache,
         shell:
-            "fetch_subset.py --annotations-zip {input.annotations}"
+            "logged {log} fetch_subset.py --annotations-zip {input.annotations}"
             " --coco-split {params.coco_split} --images {params.images} --seed {params.seed}"
             " --base-url={params.base_url:q} --retries {params.retries}"
             " --cache-dir {params.cache_dir}"
-            " --out-instances {output.instances} --out-images {output.images} > {log} 2>&1"
+            " --out-instances {output.instances} --out-images {output.images}"
 
 
 if DATASET["source"] == "local":
@@ -123,6 +122,6 @@ if DATASET["source"] == "local":
         params:
             check_images=DATASET["local"]["check_images"],
         shell:
-            "link_local_dataset.py --instances {input.instances:q}"
+            "logged {log} link_local_dataset.py --instances {input.instances:q}"
             " --images {input.images:q} --check-images {params.check_images}"
-            " --out-instances {output.instances} --out-images {output.images} > {log} 2>&1"
+            " --out-instances {output.instances} --out-images {output.images}"

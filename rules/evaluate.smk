@@ -27,9 +27,9 @@ rule evaluate:
         device=TRAIN["device"],
         batch_size=EVALUATE["batch_size"],
     shell:
-        "with-caffe --threads {threads} evaluate.py --weights {input.weights}"
+        "logged {log} with-caffe --threads {threads} evaluate.py --weights {input.weights}"
         + TEST_SPLIT_FLAGS
         + (
             " --metrics-json {output.metrics_json} --metrics-csv {output.metrics_csv}"
-            " --per-class-csv {output.per_class_csv} --detections {output.detections} > {log} 2>&1"
+            " --per-class-csv {output.per_class_csv} --detections {output.detections}"
         )

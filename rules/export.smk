@@ -24,8 +24,8 @@ rule export:
         check_images=EVALUATE["fold_check_images"],
         tolerance=EVALUATE["fold_tolerance"],
     shell:
-        "with-caffe --threads {threads} export.py --deploy-net {input.deploy_net}"
+        "logged {log} with-caffe --threads {threads} export.py --deploy-net {input.deploy_net}"
         " --weights {input.weights} --test-net {input.test_net} --instances {input.instances}"
         " --images {input.images} --check-images {params.check_images} --tolerance {params.tolerance}"
         " --out-prototxt {output.prototxt} --out-weights {output.weights}"
-        " --check-json {output.check} > {log} 2>&1"
+        " --check-json {output.check}"

@@ -21,7 +21,7 @@ rule make_labelmap:
         mode=LABELMAP["mode"],
         user_labelmap=LABELMAP["file"],
     shell:
-        "with-caffe make_labelmap.py --trainval {input.trainval} --test {input.test}"
+        "logged {log} with-caffe make_labelmap.py --trainval {input.trainval} --test {input.test}"
         " --mode {params.mode} --labelmap-file={params.user_labelmap:q} --labelmap-out {output.labelmap}"
         " --trainval-name-size-out {output.trainval_name_size}"
-        " --test-name-size-out {output.test_name_size} > {log} 2>&1"
+        " --test-name-size-out {output.test_name_size}"

@@ -26,10 +26,10 @@ rule build_lmdb:
         readers=LMDB["readers"],
         shuffle=lmdb_shuffle_option,
     shell:
-        "with-caffe build_lmdb.py --instances {input.instances} --images {input.images}"
+        "logged {log} with-caffe build_lmdb.py --instances {input.instances} --images {input.images}"
         " --labelmap {input.labelmap} --out {output.lmdb} --report-out {output.report}"
         " --crowd {params.crowd} --min-box-size {params.min_box_size}"
-        " --on-bad-record {params.on_bad_record} --readers {params.readers} {params.shuffle} > {log} 2>&1"
+        " --on-bad-record {params.on_bad_record} --readers {params.readers} {params.shuffle}"
 
 
 rule check_lmdb:
@@ -52,6 +52,6 @@ rule check_lmdb:
     params:
         readers=LMDB["readers"],
     shell:
-        "with-caffe check_lmdb.py --lmdb {input.lmdb} --report {input.report}"
+        "logged {log} with-caffe check_lmdb.py --lmdb {input.lmdb} --report {input.report}"
         " --instances {input.instances} --labelmap {input.labelmap} --out {output.check}"
-        " --readers {params.readers} > {log} 2>&1"
+        " --readers {params.readers}"

@@ -31,10 +31,10 @@ rule make_model:
         train_lmdb=TRAIN_LMDB,
         test_lmdb=TEST_LMDB,
     shell:
-        "with-caffe make_model.py --model-config={params.model:q}"
+        "logged {log} with-caffe make_model.py --model-config={params.model:q}"
         " --solver-config={params.solver:q} --device {params.device}"
         " --labelmap {input.labelmap} --name-size {input.test_name_size}"
         " --test-instances {input.test_instances}"
         " --train-lmdb {params.train_lmdb} --test-lmdb {params.test_lmdb}"
         " --out-train {output.train} --out-test {output.test} --out-deploy {output.deploy}"
-        " --out-solver {output.solver} --config-out {output.config} > {log} 2>&1"
+        " --out-solver {output.solver} --config-out {output.config}"

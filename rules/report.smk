@@ -33,8 +33,8 @@ rule plot_report:
         num_images=config["evaluate"]["report_images"],
         score_threshold=config["evaluate"]["report_score_threshold"],
     shell:
-        "plot_report.py --train-log {input.train_log} --metrics {input.metrics}"
+        "logged {log} plot_report.py --train-log {input.train_log} --metrics {input.metrics}"
         " --detections {input.detections} --instances {input.instances} --images {input.images}"
         " --num-images {params.num_images} --score-threshold {params.score_threshold}"
         " --loss-png {output.loss} --metrics-html {output.metrics}"
-        " --detections-image {output.detections} > {log} 2>&1"
+        " --detections-image {output.detections}"

@@ -16,8 +16,8 @@ rule fetch_initial_weights:
         source=TRAIN["initial_weights"],
         sha256=TRAIN["initial_weights_sha256"],
     shell:
-        "fetch_weights.py --source={params.source:q} --sha256={params.sha256:q}"
-        " --out {output.weights} > {log} 2>&1"
+        "logged {log} fetch_weights.py --source={params.source:q} --sha256={params.sha256:q}"
+        " --out {output.weights}"
 
 
 rule check_initial_weights:
@@ -40,11 +40,11 @@ rule check_initial_weights:
         batch_size=EVALUATE["batch_size"],
         chance_ap50=EVALUATE["chance_ap50"],
     shell:
-        "with-caffe --threads {threads} check_weights.py --weights {input.weights}"
+        "logged {log} with-caffe --threads {threads} check_weights.py --weights {input.weights}"
         + TEST_SPLIT_FLAGS
         + (
             " --chance-ap50 {params.chance_ap50}"
-            " --report-json {output.report_json} --report-csv {output.report_csv} > {log} 2>&1"
+            " --report-json {output.report_json} --report-csv {output.report_csv}"
         )
 
 
@@ -57,6 +57,8 @@ rule train:
         test_net=TEST_NET,
         train_lmdb=TRAIN_LMDB,
         test_lmdb=TEST_LMDB,
+        # Training starts only on LMDBs whose every record was read back and decoded (rule check_lmdb).
+        lmdb_checks=expand(rules.check_lmdb.output.check, split=["trainval", "test"]),
         test_name_size=TEST_NAME_SIZE,
         labelmap=LABELMAP_FILE,
         initial_weights=initial_weights_input,
@@ -77,8 +79,8 @@ rule train:
         keep_snapshots=TRAIN["keep_snapshots"],
         initial_weights=initial_weights_flag,
     shell:
-        "with-caffe --threads {threads} train.py --solver {input.solver}"
+        "logged {log} with-caffe --threads {threads} train.py --solver {input.solver}"
         " --weights-out {output.weights} --log-csv {output.log_csv}"
         " --snapshot-root {params.snapshot_root} --device {params.device}"
         " --snapshot-interval {params.snapshot_interval} --keep-snapshots {params.keep_snapshots}"
-        " {params.initial_weights} > {log} 2>&1"
+        " {params.initial_weights}"

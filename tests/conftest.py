@@ -52,11 +52,13 @@ CAFFE_FREE_MODULES = {
     "test_dataset_rules",
     "test_demo_dataset",
     "test_download",
+    "test_image_modes",
     "test_dryrun",
     "test_layout",
     "test_lint",
     "test_report",
     "test_resources",
+    "test_rule_commands",
 }
 
 

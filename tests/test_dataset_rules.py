@@ -80,6 +80,8 @@ def test_download_source_with_a_wrong_sha1_fails_and_names_the_archive(repo_root
     assert result.returncode != 0
     log = (tmp_path / "wf" / "logs" / "dataset" / "dataset_download_archive_val2017.log").read_text()
     assert f"error: {server.base_url}/zips/val2017.zip: SHA-1 mismatch: expected {'f' * 40}" in log
+    console = (result.stdout + result.stderr).splitlines()  # the error line reaches the console, on its own line
+    assert any(line.startswith(f"error: {server.base_url}/zips/val2017.zip: SHA-1 mismatch") for line in console)
     downloads = tmp_path / "wf" / "resources" / "downloads"
     assert not (downloads / "val2017.zip").exists() and not (downloads / "val2017.zip.part").exists()
     assert not (tmp_path / "wf" / "results" / "data" / "test").exists()

@@ -110,7 +110,7 @@ def test_resume_in_a_later_run_after_an_interrupted_one(server, mirror, tmp_path
     assert not part_path(dest).exists()
 
 
-def test_a_server_that_ignores_range_restarts_from_zero(server, mirror, tmp_path):
+def test_a_server_that_ignores_range_restarts_from_zero(server, mirror, tmp_path, capsys):
     path = ARCHIVE_PATHS["annotations_trainval2017"]
     dest = tmp_path / "annotations.zip"
     part_path(dest).write_bytes(b"stale bytes from another file")
@@ -118,6 +118,18 @@ def test_a_server_that_ignores_range_restarts_from_zero(server, mirror, tmp_path
     download_file(server.url(path), dest, sha1=mirror["sha1"]["annotations_trainval2017"], progress=False)
     assert server.requests_for(path)[0]["Range"] == f"bytes={len(b'stale bytes from another file')}-"
     assert _sha1(dest) == mirror["sha1"]["annotations_trainval2017"]
+    warning = capsys.readouterr().err
+    assert "ignored the request to resume at byte 29; restarting from byte 0" in warning
+    assert "resuming" not in warning
+
+
+@pytest.mark.parametrize("url", ["htp://127.0.0.1/zips/val2017.zip", "http:///zips/val2017.zip", "zips/val2017.zip"])
+def test_a_malformed_url_fails_at_once_without_retries(url, tmp_path, capsys):
+    with pytest.raises(DownloadError, match="is not a valid http") as error:
+        download_file(url, tmp_path / "val2017.zip", retries=3, retry_wait=0, progress=False)
+    assert url in str(error.value) and "base_url" in str(error.value)
+    assert "retrying" not in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_complete_part_file_is_not_downloaded_again(server, mirror, tmp_path):

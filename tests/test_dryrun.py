@@ -40,3 +40,43 @@ def test_misspelled_config_key_stops_the_run_with_one_line(repo_root, tmp_path):
     lines = (result.stdout + result.stderr).splitlines()
     assert expected in lines, f"no one-line error naming the key:\n{output_tail(result)}"
     assert not any(line.lstrip().startswith("File ") for line in lines), "a traceback was printed"
+
+
+def _model_settings(workdir, *args: str) -> dict:
+    """The `model` and `solver` sections that rule make_model would get, read off `snakemake -n -p`."""
+    import json
+    import shlex
+
+    result = run_snakemake(workdir, ["-n", "-p", "--cores", "1", "results/model/model_config.json", *args])
+    assert result.returncode == 0, output_tail(result)
+    command = next(line for line in result.stdout.splitlines() if "make_model.py" in line)
+    words = shlex.split(command)
+    values = {word.split("=", 1)[0]: word.split("=", 1)[1] for word in words if word.startswith("--") and "=" in word}
+    return {"model": json.loads(values["--model-config"]), "solver": json.loads(values["--solver-config"])}
+
+
+def test_a_user_config_is_merged_over_the_schema_defaults_not_over_the_demo(repo_root, tmp_path):
+    import yaml
+
+    from ssdlite_coco.common.config import schema_default
+
+    workdir = copy_workflow(repo_root, tmp_path / "workflow")
+    demo = _model_settings(workdir)
+    assert demo["model"]["bn_moving_average_fraction"] == 0.99  # the demo's own value (config/config.yaml)
+    coco = _model_settings(workdir, "--configfile", "config/coco.yaml")
+    given = yaml.safe_load((workdir / "config" / "coco.yaml").read_text())
+    assert "bn_moving_average_fraction" not in given["model"]
+    assert coco["model"]["bn_moving_average_fraction"] == schema_default("model.bn_moving_average_fraction")
+    (workdir / "empty.yaml").write_text("{}\n")
+    empty = _model_settings(workdir, "--configfile", "empty.yaml")
+    assert empty["solver"] == schema_default("solver") and empty["model"] == schema_default("model")
+    assert (workdir / "results" / "config.effective.yaml").exists() is False  # a dry run writes nothing
+
+
+def test_a_run_from_another_working_directory_plans_the_chain(repo_root, tmp_path):
+    workdir = copy_workflow(repo_root, tmp_path / "workflow")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_snakemake(workdir, ["-n", "--cores", "1", "--directory", str(elsewhere)])
+    assert result.returncode == 0, output_tail(result)
+    assert "caffe_build" in planned_rules(result.stdout)

@@ -49,6 +49,14 @@ def corrupt_jpeg(split: Path, data: dict) -> None:
     path.write_bytes(bytes(raw))
 
 
+def damaged_jpeg_data(split: Path, data: dict) -> None:
+    """Headers and end marker intact, the entropy-coded data damaged: only a full decode finds it."""
+    path = _file(split, data)
+    raw = path.read_bytes()
+    middle = len(raw) // 2
+    path.write_bytes(raw[:middle] + bytes((i * 37 + 11) % 256 for i in range(3000)) + raw[middle + 3000 :])
+
+
 def unknown_category(split: Path, data: dict) -> None:
     _annotation(data)["category_id"] = 999
 
@@ -63,6 +71,12 @@ def box_outside_image(split: Path, data: dict) -> None:
 
 def size_mismatch(split: Path, data: dict) -> None:
     _image(data)["width"] += 16
+
+
+def swapped_size(split: Path, data: dict) -> None:
+    image = _image(data)
+    image["width"], image["height"] = image["height"], image["width"]
+    _annotation(data)["bbox"] = [500.0, 10.0, 40.0, 40.0]  # inside the real 640x426 image only
 
 
 def duplicate_image_id(split: Path, data: dict) -> None:
@@ -80,6 +94,11 @@ CASES: dict[str, tuple[Callable, str, list[str]]] = {
         ["000000000025.jpg", "truncated", "replace the file"],
     ),
     "corrupt JPEG": (corrupt_jpeg, "corrupt_image", ["000000000025.jpg", "corrupt", "replace the file"]),
+    "damaged JPEG data": (
+        damaged_jpeg_data,
+        "corrupt_image",
+        ["000000000025.jpg", "cannot be decoded", "replace the file"],
+    ),
     "unknown category": (
         unknown_category,
         "unknown_category",
@@ -88,6 +107,11 @@ CASES: dict[str, tuple[Callable, str, list[str]]] = {
     "zero-area box": (zero_area_box, "zero_area_box", ["image id 25", "zero-area", "annotation id"]),
     "box outside image": (box_outside_image, "box_outside_image", ["image id 25", "outside", "fix the box"]),
     "image size mismatch": (size_mismatch, "size_mismatch", ["000000000025.jpg", "656x426", "640x426"]),
+    "swapped width and height": (
+        swapped_size,
+        "box_outside_image",
+        ["image id 25", "outside the 426x640 image", "'width' and 'height' of this image swapped"],
+    ),
     "duplicate image id": (duplicate_image_id, "duplicate_image_id", ["image id 25 appears 2 times"]),
 }
 

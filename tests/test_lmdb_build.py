@@ -18,7 +18,8 @@ from PIL import Image
 
 from ssdlite_coco.lmdb.image_bytes import prepare_image_bytes
 from ssdlite_coco.lmdb.records import Box, ImageRecord
-from ssdlite_coco.lmdb.writer import BuildOptions, _Writer, annotated_datum, build_lmdb, serialize_record
+from ssdlite_coco.lmdb.store import AppendWriter
+from ssdlite_coco.lmdb.writer import BuildOptions, annotated_datum, build_lmdb, serialize_record
 from tests.support.lmdb_helpers import MINI_JSON, expected_label_rows, load_mini, make_split, write_labelmap
 
 NO_PROGRESS = {"progress": False}
@@ -195,7 +196,7 @@ def test_spliced_serialization_equals_protobuf(size):
 
 
 def test_map_full_grows_the_map(tmp_path):
-    writer = _Writer(tmp_path / "lmdb", map_size=1 << 20)
+    writer = AppendWriter(tmp_path / "lmdb", map_size=1 << 20)
     values = [bytes([index]) * 300_000 for index in range(20)]  # 6 MB into a 1 MiB map
     for index, value in enumerate(values):
         writer.put(f"{index:08d}".encode(), value)

@@ -226,7 +226,12 @@ def test_make_model_script_patch_mode(tmp_path, upstream, model_data):
     assert record["mode"] == "patch" and record["num_classes"] == 81
     assert record["test_iter"] == 2  # 6 test images, batch 4
     assert record["deploy_check"]["num_priors"] == 1917
-    assert "had no test_interval" in result.stderr
+    # The config decides max_iter, snapshot and test_interval (the upstream solver has no test_interval);
+    # each change and the split between the user's solver and the config are said.
+    assert "test_interval 0 -> 10000 (solver.test_interval of the config)" in result.stderr
+    assert "the learning-rate schedule and the other settings are your solver's" in result.stderr
+    solver = read_prototxt(out / "solver.prototxt", caffe_pb2.SolverParameter())
+    assert (solver.max_iter, solver.test_interval) == (record["solver"]["max_iter"], record["solver"]["test_interval"])
     deploy = (out / "deploy.prototxt").read_text()
     assert deploy.startswith("# Written by ssdlite-coco") and "num_output: 243" in deploy
 

@@ -78,6 +78,7 @@ def test_workflow_runs_through_the_slurm_profile(slurm_cluster, repo_root, tmp_p
             "--profile",
             "profiles/slurm",
             "--configfile",
+            "config/config.yaml",  # the demo's settings, then the test's
             "slurm-test.yaml",
             "--jobs",
             "2",

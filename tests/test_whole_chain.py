@@ -47,6 +47,7 @@ FINAL_OUTPUTS = [
     "results/report/loss.png",
     "results/report/metrics.html",
     "results/report/detections.jpg",
+    "results/config.effective.yaml",
 ]
 
 
@@ -59,6 +60,12 @@ def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
     assert log["iteration"].max() == max_iter and log["detection_eval"].notna().iloc[-1]
     metrics = json.loads((workdir / "results/evaluate/metrics.json").read_text())
     assert set(metrics["stats"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"}
+    # One key scheme: per class by category id and name, Caffe's AP next to COCO's, every class with ground truth.
+    assert "detection_eval_per_label" not in metrics
+    gt_categories = {row["category_id"] for row in metrics["per_class"] if row["num_gt"] > 0}
+    assert gt_categories and all(
+        isinstance(row["detection_eval"], float) for row in metrics["per_class"] if row["category_id"] in gt_categories
+    )
     test_images = json.loads((workdir / "results/data/test/instances.json").read_text())["images"]
     assert metrics["num_images"] == len(test_images)
     detections = json.loads((workdir / "results/evaluate/detections.json").read_text())
@@ -99,7 +106,10 @@ def test_whole_chain_on_real_coco_images(repo_root, coco_mini_dir, tmp_path):
         "evaluate": {"report_images": 4},
     }
     (workdir / "coco_mini.yaml").write_text(yaml.safe_dump(config))
-    result = run_snakemake(workdir, ["--cores", "2", "--configfile", "coco_mini.yaml"], timeout=1800)
+    # Over the demo's settings (seeded solver, two training threads), then this file's: a user config alone
+    # would be merged over the schema defaults instead.
+    args = ["--cores", "2", "--configfile", "config/config.yaml", "coco_mini.yaml"]
+    result = run_snakemake(workdir, args, timeout=1800)
     assert result.returncode == 0, output_tail(result)
     check_outputs_are_well_formed(workdir, max_iter=6)
     labelmap = (workdir / "results/labelmap/labelmap.prototxt").read_text()

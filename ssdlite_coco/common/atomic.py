@@ -1,16 +1,47 @@
 """Write outputs atomically: into a temporary sibling first, then rename over the target.
 
-A crash leaves at most a ``.tmp-*`` sibling, never a half-written file or folder under the real name.
+A crash leaves at most a ``.<name>.tmp-<host>-<pid>-*`` sibling, never a half-written file or folder
+under the real name; the next write of the same target removes the siblings that a process of this
+host left behind when it died (a 19 GB LMDB folder, say).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+HOST = socket.gethostname().replace("-", "_")
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``target`` whose writer (a process of this host) has died."""
+    target = Path(target)
+    removed = []
+    for path in target.parent.glob(f".{glob.escape(target.name)}.tmp-{glob.escape(HOST)}-*"):
+        pid = path.name[len(f".{target.name}.tmp-{HOST}-") :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_is_gone(int(pid)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -18,10 +49,12 @@ def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[
     """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    prefix = f".{target.name}.tmp-{HOST}-{os.getpid()}-"
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
         os.close(fd)
         tmp = Path(name)
     try:

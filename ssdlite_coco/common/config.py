@@ -164,3 +164,11 @@ def schema_default(key: str):
     for part in key.split("."):
         value = value[part]
     return copy.deepcopy(value)
+
+
+def write_effective_config(config: dict, path: str | Path) -> None:
+    """The config a run uses (schema defaults + the user's file + ``--config``), as YAML, atomically."""
+    from ssdlite_coco.common.atomic import atomic_write_text
+
+    header = "# The effective config of the last run: schema defaults + the config file(s) + --config values.\n"
+    atomic_write_text(path, header + yaml.safe_dump(dict(config), sort_keys=False))

@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -64,6 +65,16 @@ def part_path(dest: str | os.PathLike) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
+def check_url(url: str) -> None:
+    """A URL that no retry can fix (no http/https/file scheme, no host) is an error at once."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https", "file") or (parts.scheme != "file" and not parts.hostname):
+        raise DownloadError(
+            f"{url!r} is not a valid http(s) URL; fix it (base_url in the dataset section of the config), "
+            "e.g. http://images.cocodataset.org"
+        )
+
+
 def _content_range_start(value: str | None) -> tuple[int, int | None] | None:
     """Parse ``bytes START-END/TOTAL`` into (START, TOTAL or None)."""
     match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
@@ -104,7 +115,12 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
             mode = "ab"
             total = parsed[1]
         else:
-            # The server ignored the Range header (or there was none): start from zero.
+            if offset:
+                print(
+                    f"warning: {url}: the server ignored the request to resume at byte {offset}; "
+                    "restarting from byte 0",
+                    file=sys.stderr,
+                )
             offset, mode = 0, "wb"
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -140,6 +156,7 @@ def download_file(
     ``retries`` times within this call, waiting ``retry_wait`` × attempt seconds in between; the
     ``.part`` file stays for the next call if they all fail. ``dest`` appears only when complete.
     """
+    check_url(url)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
@@ -156,7 +173,7 @@ def download_file(
                     f"{url}: download interrupted ({error}); {kept} bytes are kept in {part}, run again to resume"
                 ) from None
             print(
-                f"warning: {url}: {error}; resuming from byte {kept} (attempt {attempt + 1} of {retries + 1})",
+                f"warning: {url}: {error}; {kept} bytes kept, retrying (attempt {attempt + 1} of {retries + 1})",
                 file=sys.stderr,
             )
             time.sleep(retry_wait * attempt)

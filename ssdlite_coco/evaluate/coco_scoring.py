@@ -22,7 +22,7 @@ from ssdlite_coco.caffe_tools.prototxt import read_net
 from ssdlite_coco.common.atomic import atomic_write_text
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.evaluate.test_net import run_test_net
-from ssdlite_coco.labelmap import read_name_size
+from ssdlite_coco.labelmap import label_to_category, read_labelmap, read_name_size
 
 # Order of COCOeval.stats for iouType="bbox".
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -168,8 +168,22 @@ def write_metrics(
     if csv_path is not None:
         atomic_write_text(csv_path, metrics_table(metrics).to_csv(index=False))
     if per_class_csv is not None:
-        frame = pd.DataFrame(metrics["per_class"], columns=["category_id", "name", "AP", "AP50", "num_gt"])
+        columns = ["category_id", "name", "AP", "AP50", "num_gt"]
+        columns += [key for key in ("detection_eval",) if metrics["per_class"] and key in metrics["per_class"][0]]
+        frame = pd.DataFrame(metrics["per_class"], columns=columns)
         atomic_write_text(per_class_csv, frame.to_csv(index=False))
+
+
+def add_detection_eval_per_class(per_class: list[dict], per_label_ap: dict[int, float], labelmap_items) -> None:
+    """Caffe's per-class AP (VOC 11-point, IoU 0.5) into the per-class rows, keyed like them by category id.
+
+    A class with ground truth but no detection counts 0 (as in Caffe's mean); one without ground truth
+    in the test split has None.
+    """
+    categories = label_to_category(labelmap_items)
+    by_category = {categories[label]: ap for label, ap in per_label_ap.items() if label in categories}
+    for row in per_class:
+        row["detection_eval"] = by_category.get(row["category_id"], 0.0 if row["num_gt"] else None)
 
 
 def evaluate_test_split(
@@ -199,7 +213,7 @@ def evaluate_test_split(
         instances_path, result.detections, image_ids=image_ids, source=f"detections of {weights_path}"
     )
     metrics["detection_eval"] = result.detection_eval
-    metrics["detection_eval_per_label"] = {str(label): ap for label, ap in result.per_label_ap.items()}
+    add_detection_eval_per_class(metrics["per_class"], result.per_label_ap, read_labelmap(labelmap_path))
     metrics["weights"] = str(weights_path)
     metrics["net"] = read_net(test_net_path).name
     metrics["seconds"] = round(result.seconds, 2)

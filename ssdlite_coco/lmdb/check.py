@@ -26,6 +26,7 @@ from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.dataset.coco_json import load_instances
 from ssdlite_coco.labelmap import category_to_label, label_display_names, read_labelmap
+from ssdlite_coco.lmdb.image_bytes import ImageDataError, decode_image
 from ssdlite_coco.lmdb.records import ImageRecord, plan_records
 from ssdlite_coco.lmdb.store import count_records, iter_records
 
@@ -48,14 +49,10 @@ class LmdbCheckError(SsdliteError):
 
 def _decode_size(data: bytes) -> tuple[int, int, str] | str:
     """(width, height, mode) of the fully decoded image, or the error text."""
-    from PIL import Image
-
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return image.width, image.height, image.mode
-    except Exception as error:  # Pillow raises many types for broken data
-        return f"{type(error).__name__}: {error}"
+        return decode_image(data)
+    except ImageDataError as error:
+        return str(error)
 
 
 def _compare_record(key: str, message, expected: ImageRecord, labels: set[int]) -> list[str]:

@@ -1,11 +1,15 @@
-"""Check encoded image files cheaply and make them plain JPEGs that Caffe decodes as the annotations expect.
+"""Check encoded image files and make them plain JPEGs that Caffe decodes as the annotations expect.
 
-``prepare_image_bytes`` walks the JPEG markers (no pixel decoding) to read the size and the number of
-colour components and to see that the file is complete (an end-of-image marker after the image data).
-A plain JPEG (8-bit, baseline/extended/progressive Huffman, 1 or 3 components) is kept byte for byte.
-Anything else (CMYK, 12-bit, PNG or another format under a .jpg name) is decoded with Pillow and
-re-encoded as a plain JPEG. An EXIF orientation other than 1 is removed by dropping the EXIF segment
-(no re-encoding): OpenCV would otherwise rotate the pixels while COCO boxes refer to the stored ones.
+``prepare_image_bytes`` walks the JPEG markers to read the size and the number of colour components and
+to see that the file is complete (an end-of-image marker after the image data), then decodes the image
+data in full (``decode_image``), so that a file damaged inside its entropy-coded data is a bad record
+here, not a surprise in the LMDB check or in training. A plain JPEG (8-bit, baseline/extended/progressive
+Huffman, 1 or 3 components) is kept byte for byte. Anything else (CMYK, 12-bit, PNG or another format
+under a .jpg name, any pixel mode Pillow reads) is decoded with Pillow and re-encoded as a plain JPEG
+with its real pixels: 16-bit and 32-bit integer images are scaled from 0..65535 to 0..255 (not clamped),
+float images from 0..1 (or 0..255 when their values exceed 1), alpha is dropped. An EXIF orientation
+other than 1 is removed by dropping the EXIF segment (no re-encoding): OpenCV would otherwise rotate the
+pixels while COCO boxes refer to the stored ones.
 """
 
 from __future__ import annotations
@@ -129,16 +133,44 @@ def _read_jpeg_header(data: bytes) -> _JpegHeader:
     return _JpegHeader(width, height, components, not why, why, orientation, exif_spans)
 
 
+def decode_image(data: bytes) -> tuple[int, int, str]:
+    """Decode every pixel of ``data``: (width, height, Pillow mode), or ImageDataError saying why not."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.width, image.height, image.mode
+    except Exception as error:  # Pillow raises many types for broken data
+        raise ImageDataError(f"cannot be decoded as an image ({type(error).__name__}: {error})") from None
+
+
+def to_8bit(image):
+    """The image as Pillow ``L`` (one channel) or ``RGB``, its pixel values scaled rather than clamped."""
+    import numpy as np
+    from PIL import Image
+
+    mode = image.mode
+    if mode.startswith("I"):  # I;16, I;16B, I;16L, I (Pillow opens 16-bit PNGs as I or I;16)
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.rint(np.clip(values, 0, 65535) / 257).astype(np.uint8), "L")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        return Image.fromarray(np.rint(np.clip(np.nan_to_num(values) * scale, 0, 255)).astype(np.uint8), "L")
+    return image.convert("L" if mode in ("1", "L", "LA") else "RGB")
+
+
 def _reencode(data: bytes, why: str) -> PreparedImage:
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            gray = image.mode in ("1", "L", "LA", "I", "I;16", "F")
-            converted = image.convert("L" if gray else "RGB")
+            converted = to_8bit(image)
     except Exception as error:  # Pillow raises many types for broken files
         raise ImageDataError(f"cannot be decoded as an image ({type(error).__name__}: {error})") from None
+    gray = converted.mode == "L"
     out = io.BytesIO()
     converted.save(out, format="JPEG", quality=REENCODE_QUALITY)
     return PreparedImage(out.getvalue(), converted.width, converted.height, gray, f"re-encoded ({why})")
@@ -154,6 +186,7 @@ def prepare_image_bytes(data: bytes) -> PreparedImage:
     header = _read_jpeg_header(data)
     if not header.plain:
         return _reencode(data, header.why_not_plain)
+    decode_image(data)
     gray = header.components == 1
     if header.exif_orientation not in (None, 1):
         kept = bytearray()

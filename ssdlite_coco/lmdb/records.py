@@ -178,9 +178,12 @@ def _annotation_problem(
     tol = BOX_TOLERANCE_PX
     inside = min(float(width), x + w) > max(0.0, x) and min(float(height), y + h) > max(0.0, y)
     if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol or not inside:
+        swapped = x >= -tol and y >= -tol and x + w <= height + tol and y + h <= width + tol
+        hint = f"; it fits a {height}x{width} image: are 'width' and 'height' of this image swapped?" if swapped else ""
         return BadRecord(
             image_id,
             "box_outside_image",
-            f"{what} has bbox {annotation['bbox']} outside the {width}x{height} image; fix the box or the image size",
+            f"{what} has bbox {annotation['bbox']} outside the {width}x{height} image; fix the box or the image size"
+            + hint,
         )
     return None

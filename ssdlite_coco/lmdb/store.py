@@ -1,4 +1,4 @@
-"""Read an LMDB folder: its records one by one, or how many it holds (every reader of an LMDB goes here)."""
+"""An LMDB folder: read its records one by one or count them, or append records in key order."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ssdlite_coco.common.errors import SsdliteError
+
+RECORDS_PER_TXN = 1000
 
 
 class LmdbMissingError(SsdliteError):
@@ -38,3 +40,57 @@ def count_records(lmdb_dir: str | os.PathLike) -> int:
         return int(env.stat()["entries"])
     finally:
         env.close()
+
+
+class AppendWriter:
+    """Appends key/value pairs in fixed-size transactions; grows the map on MDB_MAP_FULL."""
+
+    def __init__(self, path: Path, map_size: int):
+        import lmdb
+
+        self._lmdb = lmdb
+        self.lmdb_error = lmdb.Error
+        self.env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            subdir=True,
+            sync=False,
+            metasync=False,
+            readahead=False,
+            max_dbs=0,
+        )
+        self.map_size = map_size
+        self.batch: list[tuple[bytes, bytes]] = []
+        self.grown = 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.batch.append((key, value))
+        if len(self.batch) >= RECORDS_PER_TXN:
+            self.commit()
+
+    def commit(self) -> None:
+        if not self.batch:
+            return
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    cursor = txn.cursor()
+                    for key, value in self.batch:
+                        if not cursor.put(key, value, append=True):
+                            raise ValueError(f"key {key!r} is out of order (keys must be appended in sorted order)")
+                break
+            except self._lmdb.MapFullError:
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
+                self.grown += 1
+        self.batch = []
+
+    def close(self) -> None:
+        """Commit, flush to disk and close."""
+        self.commit()
+        self.env.sync(True)
+        self.env.close()
+
+    def abort(self) -> None:
+        self.batch = []
+        self.env.close()

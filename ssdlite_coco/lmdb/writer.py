@@ -9,9 +9,12 @@ trainval records are shuffled with a fixed seed.
 
 Readers (threads) read and check the files in parallel; a single writer appends to the LMDB in key
 order, in transactions of a fixed number of records, so the same inputs give a byte-identical
-``data.mdb``. The map size is computed from the file sizes and doubled on ``MDB_MAP_FULL``. The LMDB is
-built in a temporary sibling folder and renamed onto the target only when complete; the build report
-(JSON) is written next to it.
+``data.mdb``. The map size is computed from the file sizes and doubled on ``MDB_MAP_FULL``. The build stops
+before writing when the disk has less free space than the image files take, and a write error (a disk
+that fills up anyway, a read-only target) ends with one line naming the path, the bytes needed and
+the bytes free. The LMDB is built in a temporary sibling folder (removed on any failure, and by the
+next build after a kill) and renamed onto the target only when complete; the build report (JSON) is
+written next to it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import collections
 import json
 import os
 import random
+import shutil
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +38,9 @@ from ssdlite_coco.dataset.coco_json import load_instances
 from ssdlite_coco.labelmap import category_to_label, read_labelmap
 from ssdlite_coco.lmdb.image_bytes import ImageDataError, prepare_image_bytes
 from ssdlite_coco.lmdb.records import CROWD_POLICIES, BadRecord, ImageRecord, plan_records
+from ssdlite_coco.lmdb.store import AppendWriter
 
 BAD_RECORD_POLICIES = ("stop", "skip")
-RECORDS_PER_TXN = 1000
 MiB = 1 << 20
 
 
@@ -193,80 +197,39 @@ def _read_in_order(records: list[ImageRecord], images_dir: Path, source: str, re
             yield result
 
 
-def estimate_map_size(records: list[ImageRecord], images_dir: Path) -> int:
-    """An upper bound of the LMDB size: file sizes plus page rounding and annotations, plus headroom."""
-    total = 64 * MiB
+def image_bytes_total(records: list[ImageRecord], images_dir: Path) -> int:
+    """The bytes of the records' image files: what the LMDB holds at least."""
+    total = 0
     for record in records:
         try:
-            size = (images_dir / record.file_name).stat().st_size
+            total += (images_dir / record.file_name).stat().st_size
         except OSError:
-            size = 0
-        total += size + 4096 + 64 + 40 * len(record.boxes)
+            pass
+    return total
+
+
+def estimate_map_size(records: list[ImageRecord], images_dir: Path) -> int:
+    """An upper bound of the LMDB size: file sizes plus page rounding and annotations, plus headroom."""
+    total = 64 * MiB + image_bytes_total(records, images_dir)
+    total += sum(4096 + 64 + 40 * len(record.boxes) for record in records)
     total = int(total * 1.1)
     return (total + MiB - 1) // MiB * MiB
 
 
-class _Writer:
-    """Appends key/value pairs in fixed-size transactions; grows the map on MDB_MAP_FULL."""
+def _disk_message(folder: Path, needed: int) -> str:
+    free = shutil.disk_usage(folder).free
+    return (
+        f"the LMDB needs about {needed:,} bytes and {free:,} are free there; "
+        "free space or put results/ on a bigger disk"
+    )
 
-    def __init__(self, path: Path, map_size: int):
-        import lmdb
 
-        self._lmdb = lmdb
-        self.env = lmdb.open(
-            str(path),
-            map_size=map_size,
-            subdir=True,
-            sync=False,
-            metasync=False,
-            readahead=False,
-            writemap=True,
-            max_dbs=0,
-        )
-        self.map_size = map_size
-        self.batch: list[tuple[bytes, bytes]] = []
-        self.grown = 0
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self.batch.append((key, value))
-        if len(self.batch) >= RECORDS_PER_TXN:
-            self.commit()
-
-    def commit(self) -> None:
-        if not self.batch:
-            return
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    cursor = txn.cursor()
-                    for key, value in self.batch:
-                        if not cursor.put(key, value, append=True):
-                            raise LmdbBuildError(f"key {key!r} is out of order (internal error)")
-                break
-            except self._lmdb.MapFullError:
-                self.map_size *= 2
-                self.env.set_mapsize(self.map_size)
-                self.grown += 1
-        self.batch = []
-
-    def close(self) -> None:
-        """Commit, flush to disk, close, and cut the file down to the pages in use.
-
-        With ``writemap`` LMDB makes ``data.mdb`` as large as the map (a sparse file); the pages past
-        the last one in use are never read, and without ``writemap`` LMDB would not have written them.
-        """
-        self.commit()
-        self.env.sync(True)
-        used = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
-        data_file = Path(self.env.path()) / "data.mdb"
-        self.env.close()
-        with data_file.open("r+b") as stream:
-            stream.truncate(used)
-            os.fsync(stream.fileno())
-
-    def abort(self) -> None:
-        self.batch = []
-        self.env.close()
+def check_free_space(out_lmdb: Path, needed: int) -> None:
+    """Stop before writing when the disk of ``out_lmdb`` cannot hold ``needed`` bytes."""
+    folder = out_lmdb.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(folder).free < needed:
+        raise LmdbBuildError(f"{out_lmdb}: not enough disk space: {_disk_message(folder, needed)}")
 
 
 def order_records(records: list[ImageRecord], shuffle_seed: int | None) -> list[ImageRecord]:
@@ -345,11 +308,12 @@ def build_lmdb(
     counts = collections.Counter(plan.counts)
     ordered = order_records(plan.records, options.shuffle_seed)
     written_ids: list[int] = []
-    map_size = estimate_map_size(ordered, images_dir)
+    needed = image_bytes_total(ordered, images_dir)
+    check_free_space(out_lmdb, needed)
     with atomic_path(out_lmdb, directory=True) as tmp:
-        writer = _Writer(tmp, map_size)
+        writer = AppendWriter(tmp, estimate_map_size(ordered, images_dir))
+        progress = _progress(len(ordered), f"lmdb {out_lmdb.name}", options.progress)
         try:
-            progress = _progress(len(ordered), f"lmdb {out_lmdb.name}", options.progress)
             for result in _read_in_order(ordered, images_dir, source, options.readers):
                 progress.update(1)
                 if result.bad is not None:
@@ -360,12 +324,16 @@ def build_lmdb(
                 writer.put(record_key(len(written_ids), result.record.image_id), result.value)
                 written_ids.append(result.record.image_id)
                 _count_written(counts, result)
-            progress.close()
             writer.close()
             os.chmod(tmp, 0o755)  # a temporary folder is private; the LMDB is not
+        except (OSError, writer.lmdb_error) as error:
+            writer.abort()
+            raise LmdbBuildError(f"{tmp}: cannot write the LMDB ({error}); {_disk_message(tmp, needed)}") from None
         except BaseException:
             writer.abort()
             raise
+        finally:
+            progress.close()  # ends the bar's line, so that a message after it starts on its own line
         if not written_ids:
             raise LmdbBuildError(
                 f"{instances}: no image could be written to the LMDB ({len(bad)} bad records); check the split"

@@ -35,6 +35,8 @@ from ssdlite_coco.model.patcher import PatchSettings, patch_net, patch_solver
 from ssdlite_coco.model.solver import SolverOptions, build_solver, count_test_iterations
 
 MODEL_FILES = ("train", "test", "deploy", "solver")
+# In mode patch, the solver settings that the config decides (everything else is the user's solver's).
+SOLVER_KEYS_FROM_CONFIG = ("max_iter", "snapshot", "test_interval")
 # Config keys of the `model` section that are not generator options.
 WORKFLOW_KEYS = ("mode", "num_classes", "patch")
 
@@ -156,8 +158,14 @@ def patch_model(
         device,
         solver_options.test_interval,
         where=str(sources["solver"]),
+        from_config={key: getattr(solver_options, key) for key in SOLVER_KEYS_FROM_CONFIG},
     )
     warnings += solver_warnings
+    warnings.append(
+        f"{sources['solver']}: the learning-rate schedule and the other settings are your solver's; "
+        f"{', '.join(SOLVER_KEYS_FROM_CONFIG)}, the net paths, test_iter, snapshot_prefix and solver_mode "
+        "come from the workflow and its config"
+    )
     for role in ROLES:
         texts[role] = format_prototxt(nets[role], _header([f"patched from {sources[role]}", f"{role} net"]))
     texts["solver"] = format_prototxt(

@@ -271,10 +271,19 @@ def patch_solver(
     device: str = "cpu",
     test_interval: int = 10000,
     where: str = "solver",
+    from_config: dict[str, int] | None = None,
 ) -> tuple[caffe_pb2.SolverParameter, list[str]]:
-    """Point ``solver`` at the patched nets; keep its learning-rate schedule and the rest."""
+    """Point ``solver`` at the patched nets; keep its learning-rate schedule and the rest.
+
+    ``from_config`` (e.g. the config's ``max_iter``, ``snapshot``, ``test_interval``) replaces those
+    fields; every value that changes is listed in the returned lines.
+    """
     solver = copy.deepcopy(solver)
     warnings: list[str] = []
+    for key, value in (from_config or {}).items():
+        if getattr(solver, key) != value:
+            warnings.append(f"{where}: {key} {getattr(solver, key)} -> {value} (solver.{key} of the config)")
+        setattr(solver, key, value)
     if solver.HasField("net_param") or solver.HasField("train_net_param") or len(solver.test_net_param):
         raise PatchError(f"{where}: embeds its nets (net_param / train_net_param / test_net_param); give them as files")
     if len(solver.test_net) > 1 or len(solver.test_state) > 1:
