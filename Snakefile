@@ -17,13 +17,21 @@ if not workflow.overwrite_configfiles:
 
 # Rules run thin scripts over the ssdlite_coco package that lives next to this file.
 sys.path.insert(0, workflow.basedir)
-# Rules call scripts/ by name (`with-caffe build_lmdb.py ...`), wherever the working directory is.
+# Rules call scripts/ by name (`with-caffe build_lmdb.py ...`), wherever the working directory is, and
+# the scripts' `python3` is the interpreter that runs Snakemake (the venv's, activated or not).
 os.environ.update(
     PYTHONPATH=os.pathsep.join(
         filter(None, [workflow.basedir, os.getenv("PYTHONPATH")])
     ),
     PATH=os.pathsep.join(
-        filter(None, [os.path.join(workflow.basedir, "scripts"), os.getenv("PATH")])
+        filter(
+            None,
+            [
+                os.path.join(workflow.basedir, "scripts"),
+                os.path.dirname(sys.executable),
+                os.getenv("PATH"),
+            ],
+        )
     ),
 )
 

@@ -38,16 +38,14 @@ def copy_workflow(repo_root: Path, dest: Path) -> Path:
 
 
 def run_snakemake(workdir: Path, args: list[str], timeout: float = 600, env: dict | None = None):
-    """``snakemake ARGS`` in ``workdir``, with the interpreter that runs the tests (first on PATH for the scripts)."""
-    env = dict(env or os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    """``snakemake ARGS`` in ``workdir``, with the interpreter that runs the tests."""
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
         cwd=workdir,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=env or dict(os.environ),
     )
 
 
