@@ -48,8 +48,31 @@ def block_prefix(index: int) -> str:
     return "conv" if index == 0 else f"conv_{index}"
 
 
-def build_mobilenetv2(writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit") -> BackboneOutputs:
-    """Write the backbone on top of ``bottom``; return the blobs SSDLite predicts from."""
+def backbone_units(first_block_expand: bool = False) -> list[tuple[str, str]]:
+    """(structural key, layer name) of every backbone convolution, in order: ``stem``, ``block<i>/expand``,
+    ``block<i>/depthwise``, ``block<i>/project`` (i = 0 ... 16), ``last``. Block 0 has no expansion
+    unless ``first_block_expand`` (shicai/MobileNet-Caffe's layout)."""
+    units = [("stem", "Conv")]
+    index = 0
+    for expansion, _, repeats, _ in INVERTED_RESIDUAL_SETTINGS:
+        for _ in range(repeats):
+            prefix = block_prefix(index)
+            roles = ("expand", "depthwise", "project")
+            if expansion == 1 and not (index == 0 and first_block_expand):
+                roles = roles[1:]
+            units += [(f"block{index}/{role}", f"{prefix}/{role}") for role in roles]
+            index += 1
+    return units + [("last", "Conv_1")]
+
+
+def build_mobilenetv2(
+    writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit", first_block_expand: bool = False
+) -> BackboneOutputs:
+    """Write the backbone on top of ``bottom``; return the blobs SSDLite predicts from.
+
+    ``first_block_expand`` gives block 0 a 1x1 expansion (32 -> 32 at width 1) with BatchNorm and
+    activation before its depthwise convolution, as shicai/MobileNet-Caffe's ``conv2_1/expand``.
+    """
     if width <= 0:
         raise ValueError(f"width multiplier must be positive, got {width}")
     channels = make_divisible(STEM_CHANNELS * width)
@@ -64,7 +87,7 @@ def build_mobilenetv2(writer: NetWriter, bottom: str, width: float = 1.0, bn: st
             prefix = block_prefix(index)
             hidden = int(round(channels * expansion))
             block_input = x
-            if expansion != 1:
+            if expansion != 1 or (index == 0 and first_block_expand):
                 x = writer.conv_unit(f"{prefix}/expand", x, hidden, kernel=1, bn=bn)
                 if index == FIRST_FEATURE_BLOCK:
                     first_feature, first_feature_channels = x, hidden
