@@ -167,7 +167,7 @@ def test_shicai_weights_give_the_caffe_references_feature_maps(tmp_path, images,
     from ssdlite_coco.train.convert_weights import convert_weights
 
     source_net, weights = _random_shicai(shared_dir, tmp_path)
-    net = _deploy_net(tmp_path, activation="relu", bn_eps=1e-5, first_block_expand=True)
+    net = _deploy_net(tmp_path, activation="relu", bn_eps=1e-5, backbone_layout="shicai")
     out = tmp_path / "converted.caffemodel"
     report = convert_weights("shicai", weights, net, out)
     assert report["warnings"] == []
@@ -182,17 +182,17 @@ def test_shicai_weights_give_the_caffe_references_feature_maps(tmp_path, images,
     assert border["Conv interior"] < EXACT < border["Conv"]
 
 
-def test_shicai_into_a_relu6_net_warns_and_a_net_without_block0_expansion_is_refused(tmp_path, shared_dir):
+def test_shicai_into_a_relu6_net_warns_and_a_net_of_the_torchvision_layout_is_refused(tmp_path, shared_dir):
     from ssdlite_coco.train.convert_weights import ConversionError, convert_weights
 
     _, weights = _random_shicai(shared_dir, tmp_path)
-    relu6 = _deploy_net(tmp_path, first_block_expand=True)
+    relu6 = _deploy_net(tmp_path, backbone_layout="shicai")
     report = convert_weights("shicai", weights, relu6, tmp_path / "a.caffemodel", log=lambda _: None)
     assert any("trained with ReLU" in w and "model.activation: relu" in w for w in report["warnings"])
     assert any("model.bn_eps" in w for w in report["warnings"])  # 1e-5 source, 0.001 net
     plain = tmp_path / "plain"
     plain.mkdir()
-    with pytest.raises(ConversionError, match=r"conv2_1/expand \(block0/expand\).*model.first_block_expand: true"):
+    with pytest.raises(ConversionError, match=r"conv2_1/expand \(block0/expand\).*model.backbone_layout: shicai"):
         convert_weights("shicai", weights, _deploy_net(plain), plain / "b.caffemodel")
     assert not (plain / "b.caffemodel").exists()
 

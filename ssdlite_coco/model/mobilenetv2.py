@@ -65,14 +65,31 @@ def backbone_units(first_block_expand: bool = False) -> list[tuple[str, str]]:
     return units + [("last", "Conv_1")]
 
 
+LAYOUTS = ("torchvision", "shicai")
+
+
+def stage_strides(layout: str) -> list[int]:
+    """First stride of each stage. shicai/MobileNet-Caffe moves the 64-channel stage's stride 2 to the
+    96-channel stage (its ``conv4_7/dwise``), so blocks 6-9 run at stride 8; the output strides agree."""
+    strides = [s for *_, s in INVERTED_RESIDUAL_SETTINGS]
+    if layout == "shicai":
+        strides[3], strides[4] = 1, 2
+    return strides
+
+
 def build_mobilenetv2(
-    writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit", first_block_expand: bool = False
+    writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit", layout: str = "torchvision"
 ) -> BackboneOutputs:
     """Write the backbone on top of ``bottom``; return the blobs SSDLite predicts from.
 
-    ``first_block_expand`` gives block 0 a 1x1 expansion (32 -> 32 at width 1) with BatchNorm and
-    activation before its depthwise convolution, as shicai/MobileNet-Caffe's ``conv2_1/expand``.
+    ``layout`` torchvision is the paper's (and torchvision's, TensorFlow's) network. shicai is
+    shicai/MobileNet-Caffe's: block 0 has a 1x1 expansion (32 -> 32 at width 1, its ``conv2_1/expand``)
+    before its depthwise convolution, and the stride 2 of block 6 is on block 10 instead.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"backbone layout {layout!r} is not one of {list(LAYOUTS)}")
+    first_block_expand = layout == "shicai"
+    strides = stage_strides(layout)
     if width <= 0:
         raise ValueError(f"width multiplier must be positive, got {width}")
     channels = make_divisible(STEM_CHANNELS * width)
@@ -80,7 +97,7 @@ def build_mobilenetv2(
     index = 0
     first_feature = None
     first_feature_channels = 0
-    for expansion, out, repeats, first_stride in INVERTED_RESIDUAL_SETTINGS:
+    for (expansion, out, repeats, _), first_stride in zip(INVERTED_RESIDUAL_SETTINGS, strides, strict=True):
         out_channels = make_divisible(out * width)
         for repeat in range(repeats):
             stride = first_stride if repeat == 0 else 1

@@ -56,6 +56,7 @@ class NetUnit:
     bias: bool
     bn: bool
     eps: float
+    stride: int
 
 
 def _net_normalization(net) -> tuple[float, float]:
@@ -83,7 +84,8 @@ def net_backbone(net, source: str) -> list[NetUnit]:
         bn_layer = layers.get(f"{name}/bn")
         eps = bn_layer.batch_norm_param.eps if bn_layer is not None else 0.0
         shape = (param.num_output, channels // group, kernel, kernel)
-        units.append(NetUnit(key, name, shape, param.bias_term, bn_layer is not None, eps))
+        stride = param.stride[0] if len(param.stride) else 1
+        units.append(NetUnit(key, name, shape, param.bias_term, bn_layer is not None, eps, stride))
         channels = param.num_output
     return units
 
@@ -133,7 +135,7 @@ def _check_coverage(source: Source, targets: list[NetUnit], weights: str) -> Non
         )
     extra = sorted(set(source.units) - keys)
     if extra:
-        hint = "; set model.first_block_expand: true" if "block0/expand" in extra else ""
+        hint = "; set model.backbone_layout: shicai" if "block0/expand" in extra else ""
         raise ConversionError(
             f"{weights} have backbone layers the net lacks: "
             + ", ".join(f"{source.units[k].origin} ({k})" for k in extra)
@@ -146,6 +148,17 @@ def _check_coverage(source: Source, targets: list[NetUnit], weights: str) -> Non
                 f"{weights}: {source.units[target.key].origin} has shape {'x'.join(map(str, shape))}, the net's "
                 f"{target.name} {'x'.join(map(str, target.weight_shape))}; set model.width to the weights' width "
                 f"multiplier (their stem has {source.units['stem'].weight.shape[0]} channels)"
+            )
+
+
+def _check_strides(source: Source, targets: list[NetUnit], weights: str) -> None:
+    layout = "shicai" if "block0/expand" in source.units else "torchvision"
+    for target in targets:
+        unit = source.units[target.key]
+        if unit.stride != target.stride:
+            raise ConversionError(
+                f"{weights}: {unit.origin} has stride {unit.stride}, the net's {target.name} {target.stride} "
+                f"(another MobileNetV2 variant); set model.backbone_layout: {layout}"
             )
 
 
@@ -218,6 +231,7 @@ def convert_source(fmt: str, source: Source, net, weights: str, net_source: str)
     """The Caffe layers for ``net``'s backbone from ``source``, and the coverage report."""
     targets = net_backbone(net, net_source)
     _check_coverage(source, targets, weights)
+    _check_strides(source, targets, weights)
     mean, scale = _net_normalization(net)
     layers: dict = {}
     for target in targets:

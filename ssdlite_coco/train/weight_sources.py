@@ -10,6 +10,7 @@ per group; a block is [1x1 expansion], depthwise, 1x1 projection). The classifie
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from ssdlite_coco.caffe_tools.weights import WeightsError, layer_blobs, read_caf
 
 FORMATS = ("caffe", "torchvision", "shicai")
 TORCHVISION_BN_EPS = 1e-5
+# torchvision's mobilenet_v2 (not in its state dict): the blocks whose depthwise convolution has stride 2
+TORCHVISION_STRIDES = {1: 2, 3: 2, 6: 2, 13: 2}
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Unit:
     bias: np.ndarray | None
     bn: BatchNorm | None
     origin: str
+    stride: int = 1
 
 
 @dataclass
@@ -130,7 +134,12 @@ def _torch_block_units(state, feature: int, used: set[str]) -> dict[str, Unit]:
             f"features.{feature} has {len(convs)} convolutions, not an inverted residual block "
             "([1x1 expansion], depthwise, 1x1 projection)"
         )
-    return {f"block{feature - 1}/{role}": _torch_unit(state, key, used) for role, key in zip(roles, convs, strict=True)}
+    units = {
+        f"block{feature - 1}/{role}": _torch_unit(state, key, used) for role, key in zip(roles, convs, strict=True)
+    }
+    key = f"block{feature - 1}/depthwise"
+    units[key] = dataclasses.replace(units[key], stride=TORCHVISION_STRIDES.get(feature - 1, 1))
+    return units
 
 
 def read_torchvision(path: str | os.PathLike) -> Source:
@@ -147,6 +156,8 @@ def read_torchvision(path: str | os.PathLike) -> Source:
             weight = state[f"features.{feature}.0.weight"]
             role = "stem" if weight.shape[1] == 3 and weight.shape[2] == 3 else "last"
             units[role] = _torch_unit(state, f"features.{feature}.0.weight", used)
+            if role == "stem":
+                units[role] = dataclasses.replace(units[role], stride=2)
     dropped = sorted(key for key in state if key.startswith("classifier."))
     unknown = sorted(set(state) - used - set(dropped))
     if unknown:
@@ -168,6 +179,7 @@ def _caffe_convs(model, source: str) -> list[Unit]:
         blobs = layer_blobs(layer, source) if len(layer.blobs) else []
         if layer.type == "Convolution" and blobs:
             entry = {"name": layer.name, "weight": blobs[0], "bias": blobs[1] if len(blobs) > 1 else None}
+            entry["stride"] = layer.convolution_param.stride[0] if len(layer.convolution_param.stride) else 1
             convs.append(entry)
             by_blob[layer.top[0]] = entry
         elif layer.type == "BatchNorm" and blobs and layer.bottom[0] in by_blob:
@@ -191,7 +203,7 @@ def _caffe_convs(model, source: str) -> list[Unit]:
             bn = BatchNorm(
                 entry["mean"], entry["var"], entry.get("gamma", ones), entry.get("beta", 0 * ones), entry["eps"]
             )
-        units.append(Unit(entry["weight"], entry["bias"], bn, entry["name"]))
+        units.append(Unit(entry["weight"], entry["bias"], bn, entry["name"], entry["stride"]))
     return units
 
 
