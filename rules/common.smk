@@ -32,7 +32,16 @@ TRAIN_NET = f"{MODEL_DIR}/train.prototxt"
 TEST_NET = f"{MODEL_DIR}/test.prototxt"
 DEPLOY_NET = f"{MODEL_DIR}/deploy.prototxt"
 SOLVER = f"{MODEL_DIR}/solver.prototxt"
-INITIAL_WEIGHTS = "resources/weights/initial.caffemodel"
+WEIGHTS_FORMAT = TRAIN["initial_weights_format"]
+# The weights as fetched (a .pth for torchvision) and, for an ImageNet format, converted into the backbone.
+INITIAL_WEIGHTS = "resources/weights/initial." + (
+    "pth" if WEIGHTS_FORMAT == "torchvision" else "caffemodel"
+)
+CONVERTED_WEIGHTS = "resources/weights/initial_converted.caffemodel"
+WEIGHTS_COVERAGE = "results/train/initial_weights_coverage.json"
+TRAIN_INITIAL_WEIGHTS = (
+    INITIAL_WEIGHTS if WEIGHTS_FORMAT == "caffe" else CONVERTED_WEIGHTS
+)
 SNAPSHOT_ROOT = "resources/snapshots"
 TRAINED_WEIGHTS = "results/train/final.caffemodel"
 TRAIN_LOG_CSV = "results/train/train_log.csv"
@@ -147,7 +156,17 @@ def caffe_rule_resources(rule_name):
 
 
 def initial_weights_input(wildcards):
-    return [INITIAL_WEIGHTS] if TRAIN["initial_weights"] else []
+    """What training starts from: the weights as fetched (format caffe) or converted into the backbone."""
+    return [TRAIN_INITIAL_WEIGHTS] if TRAIN["initial_weights"] else []
+
+
+def weights_coverage_input(wildcards):
+    """The conversion's coverage report, for check_initial_weights (none for format caffe)."""
+    return [WEIGHTS_COVERAGE] if WEIGHTS_FORMAT != "caffe" else []
+
+
+def weights_coverage_flag(wildcards, input):
+    return f"--coverage {input.coverage}" if input.coverage else ""
 
 
 def initial_weights_flag(wildcards, input):

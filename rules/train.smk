@@ -20,11 +20,35 @@ rule fetch_initial_weights:
         " --out {output.weights}"
 
 
+rule convert_initial_weights:
+    """ImageNet weights (train.initial_weights_format torchvision or shicai) into the net's backbone, with a coverage table."""
+    input:
+        caffe=CAFFE_MANIFEST,
+        weights=INITIAL_WEIGHTS,
+        net=TRAIN_NET,
+    output:
+        weights=CONVERTED_WEIGHTS,
+        coverage_json=WEIGHTS_COVERAGE,
+        coverage_txt="results/train/initial_weights_coverage.txt",
+    log:
+        "logs/train/convert_initial_weights.log",
+    conda:
+        "../envs/caffe.yaml"
+    threads: 1
+    params:
+        format=WEIGHTS_FORMAT,
+    shell:
+        "logged {log} with-caffe --threads {threads} convert_weights.py --format {params.format}"
+        " --weights {input.weights} --net {input.net} --out {output.weights}"
+        " --coverage-json {output.coverage_json} --coverage-txt {output.coverage_txt}"
+
+
 rule check_initial_weights:
-    """Before training: the initial weights' mAP on the test split and whether their detection head looks trained."""
+    """Before training: the initial weights' mAP on the test split, whether their detection head looks trained, their backbone coverage."""
     input:
         **TEST_SPLIT_INPUTS,
-        weights=INITIAL_WEIGHTS,
+        weights=TRAIN_INITIAL_WEIGHTS,
+        coverage=weights_coverage_input,
     output:
         report_json="results/train/initial_weights_check.json",
         report_csv="results/train/initial_weights_check.csv",
@@ -39,8 +63,10 @@ rule check_initial_weights:
         device=TRAIN["device"],
         batch_size=EVALUATE["batch_size"],
         chance_ap50=EVALUATE["chance_ap50"],
+        coverage=weights_coverage_flag,
     shell:
         "logged {log} with-caffe --threads {threads} check_weights.py --weights {input.weights}"
+        " {params.coverage}"
         + TEST_SPLIT_FLAGS
         + (
             " --chance-ap50 {params.chance_ap50}"

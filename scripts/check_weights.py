@@ -27,6 +27,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=schema_default("evaluate.chance_ap50"),
         help="COCO AP50 at or below which the weights count as untrained for this net",
     )
+    parser.add_argument(
+        "--coverage", type=Path, default=None, help="coverage report of converted ImageNet weights (JSON)"
+    )
     parser.add_argument("--report-json", required=True, type=Path)
     parser.add_argument("--report-csv", required=True, type=Path)
     return parser
@@ -34,6 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from ssdlite_coco.caffe_tools.device import select_device
+    from ssdlite_coco.train.convert_weights import coverage_summary
     from ssdlite_coco.train.initial_weights import check_initial_weights, write_check_report
 
     select_device(args.device)
@@ -50,6 +54,7 @@ def main(args: argparse.Namespace) -> int:
         args.chance_ap50,
         batch_size=args.batch_size,
         log=lambda message: print(message, flush=True),
+        conversion=coverage_summary(args.coverage),
     )
     write_check_report(report, args.report_json, args.report_csv)
     return 0

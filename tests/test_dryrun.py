@@ -14,7 +14,8 @@ from tests.support.workflow_run import copy_workflow, output_tail, planned_rules
 # config/coco.yaml is the full COCO configuration (skipped until it exists).
 DRY_RUNS = {
     "config/config.yaml": ["caffe_build"],
-    "config/coco.yaml": ["caffe_build"],
+    "config/coco.yaml": ["caffe_build", "fetch_initial_weights", "convert_initial_weights", "train"],
+    "config/coco-scratch.yaml": ["caffe_build", "train"],
 }
 
 
@@ -63,9 +64,10 @@ def test_a_user_config_is_merged_over_the_schema_defaults_not_over_the_demo(repo
     workdir = copy_workflow(repo_root, tmp_path / "workflow")
     demo = _model_settings(workdir)
     assert demo["model"]["bn_moving_average_fraction"] == 0.99  # the demo's own value (config/config.yaml)
-    coco = _model_settings(workdir, "--configfile", "config/coco.yaml")
-    given = yaml.safe_load((workdir / "config" / "coco.yaml").read_text())
-    assert "bn_moving_average_fraction" not in given["model"]
+    (workdir / "user.yaml").write_text("model:\n  width: 0.75\n")
+    coco = _model_settings(workdir, "--configfile", "user.yaml")
+    given = yaml.safe_load((workdir / "user.yaml").read_text())
+    assert "bn_moving_average_fraction" not in given["model"] and coco["model"]["width"] == 0.75
     assert coco["model"]["bn_moving_average_fraction"] == schema_default("model.bn_moving_average_fraction")
     (workdir / "empty.yaml").write_text("{}\n")
     empty = _model_settings(workdir, "--configfile", "empty.yaml")

@@ -18,6 +18,8 @@ ACTION_DIRECTIVES = ("shell:", "script:", "run:", "notebook:", "wrapper:")
 CONDA_PIN = re.compile(r"^[A-Za-z0-9_.\-]+(?:\[[\w,]+\])?\s*==?\s*[0-9][\w.*+!]*$")
 # conda-forge packages whose PyPI namesake is something else (conda's lmdb is the C library).
 CONDA_NOT_PYPI = {"lmdb"}
+# conda-forge packages published on PyPI under another name (their versions must still agree).
+CONDA_TO_PYPI = {"pytorch": "torch"}
 PIP_PIN = re.compile(r"^[A-Za-z0-9_.\-]+(?:\[[\w,]+\])?==[0-9][\w.+!]*$")
 
 
@@ -149,6 +151,8 @@ def test_env_versions_agree_with_requirements(repo_root):
                 name, version = _canonical(name), version.strip()
                 if not isinstance(dep, dict) and name in CONDA_NOT_PYPI:
                     continue
+                if not isinstance(dep, dict):
+                    name = CONDA_TO_PYPI.get(name, name)
                 if name in wanted and not (wanted[name] == version or wanted[name].startswith(version + ".")):
                     problems.append(f"{path.name}: {entry} but requirements.txt has {name}=={wanted[name]}")
     assert not problems, "\n".join(problems)

@@ -32,8 +32,8 @@ def _blob_array(blob) -> np.ndarray:
     return data.reshape(shape)
 
 
-def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
-    """Layer name → its blobs (numpy arrays) for every layer of a .caffemodel that has blobs."""
+def read_caffemodel_net(path: str | os.PathLike):
+    """The whole ``caffe_pb2.NetParameter`` of a .caffemodel: layer types, bottoms, tops, params and blobs."""
     from caffe.proto import caffe_pb2
     from google.protobuf.message import DecodeError
 
@@ -45,14 +45,43 @@ def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
         model.ParseFromString(path.read_bytes())
     except DecodeError:
         raise WeightsError(f"{path}: not a Caffe .caffemodel (binary NetParameter)") from None
+    return model
+
+
+def layer_blobs(layer, source: str = "weights") -> list[np.ndarray]:
+    """One layer's blobs as numpy arrays; ``source`` names the file in errors."""
+    try:
+        return [_blob_array(blob) for blob in layer.blobs]
+    except WeightsError as error:
+        raise WeightsError(f"{source}: layer {layer.name!r}: {error}") from None
+
+
+def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
+    """Layer name → its blobs (numpy arrays) for every layer of a .caffemodel that has blobs."""
+    model = read_caffemodel_net(path)
     layers: dict[str, list[np.ndarray]] = {}
     for layer in list(model.layer) + list(model.layers):
         if len(layer.blobs):
-            try:
-                layers[layer.name] = [_blob_array(blob) for blob in layer.blobs]
-            except WeightsError as error:
-                raise WeightsError(f"{path}: layer {layer.name!r}: {error}") from None
+            layers[layer.name] = layer_blobs(layer, str(path))
     return layers
+
+
+def write_caffemodel(path: str | os.PathLike, layers: Mapping[str, tuple[str, list[np.ndarray]]]) -> None:
+    """Write ``{layer name: (type, blobs)}`` as a .caffemodel (atomically), loadable by name into any net."""
+    from caffe.proto import caffe_pb2
+
+    from ssdlite_coco.common.atomic import atomic_path
+
+    model = caffe_pb2.NetParameter(name="converted")
+    for name, (layer_type, arrays) in layers.items():
+        layer = model.layer.add(name=name, type=layer_type)
+        for array in arrays:
+            array = np.asarray(array, dtype=np.float32)
+            blob = layer.blobs.add()
+            blob.shape.dim.extend(array.shape)
+            blob.data.extend(array.ravel().tolist())
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(model.SerializeToString())
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class NetWriter:
         activation: str = "relu6",
         padding: str = "caffe",
         bn_moving_average_fraction: float = 0.999,
+        bn_eps: float = 0.001,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
@@ -36,6 +37,7 @@ class NetWriter:
         self.activation_type = ACTIVATIONS[activation]
         self.padding = padding
         self.bn_moving_average_fraction = bn_moving_average_fraction
+        self.bn_eps = bn_eps
         self.sizes: dict[str, int] = {}
         self.unused_tops: list[str] = []
 
@@ -106,7 +108,7 @@ class NetWriter:
     def batch_norm(self, name: str, blob: str) -> str:
         """BatchNorm (running statistics, never learned) + Scale (learned gamma and beta), in place."""
         bn = self.layer(f"{name}/bn", "BatchNorm", [blob], [blob])
-        bn.batch_norm_param.eps = 0.001
+        bn.batch_norm_param.eps = self.bn_eps
         if self.bn_moving_average_fraction != 0.999:  # Caffe's default, left implicit
             bn.batch_norm_param.moving_average_fraction = self.bn_moving_average_fraction
         for _ in range(3):

@@ -48,8 +48,48 @@ def block_prefix(index: int) -> str:
     return "conv" if index == 0 else f"conv_{index}"
 
 
-def build_mobilenetv2(writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit") -> BackboneOutputs:
-    """Write the backbone on top of ``bottom``; return the blobs SSDLite predicts from."""
+def backbone_units(first_block_expand: bool = False) -> list[tuple[str, str]]:
+    """(structural key, layer name) of every backbone convolution, in order: ``stem``, ``block<i>/expand``,
+    ``block<i>/depthwise``, ``block<i>/project`` (i = 0 ... 16), ``last``. Block 0 has no expansion
+    unless ``first_block_expand`` (shicai/MobileNet-Caffe's layout)."""
+    units = [("stem", "Conv")]
+    index = 0
+    for expansion, _, repeats, _ in INVERTED_RESIDUAL_SETTINGS:
+        for _ in range(repeats):
+            prefix = block_prefix(index)
+            roles = ("expand", "depthwise", "project")
+            if expansion == 1 and not (index == 0 and first_block_expand):
+                roles = roles[1:]
+            units += [(f"block{index}/{role}", f"{prefix}/{role}") for role in roles]
+            index += 1
+    return units + [("last", "Conv_1")]
+
+
+LAYOUTS = ("torchvision", "shicai")
+
+
+def stage_strides(layout: str) -> list[int]:
+    """First stride of each stage. shicai/MobileNet-Caffe moves the 64-channel stage's stride 2 to the
+    96-channel stage (its ``conv4_7/dwise``), so blocks 6-9 run at stride 8; the output strides agree."""
+    strides = [s for *_, s in INVERTED_RESIDUAL_SETTINGS]
+    if layout == "shicai":
+        strides[3], strides[4] = 1, 2
+    return strides
+
+
+def build_mobilenetv2(
+    writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit", layout: str = "torchvision"
+) -> BackboneOutputs:
+    """Write the backbone on top of ``bottom``; return the blobs SSDLite predicts from.
+
+    ``layout`` torchvision is the paper's (and torchvision's, TensorFlow's) network. shicai is
+    shicai/MobileNet-Caffe's: block 0 has a 1x1 expansion (32 -> 32 at width 1, its ``conv2_1/expand``)
+    before its depthwise convolution, and the stride 2 of block 6 is on block 10 instead.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"backbone layout {layout!r} is not one of {list(LAYOUTS)}")
+    first_block_expand = layout == "shicai"
+    strides = stage_strides(layout)
     if width <= 0:
         raise ValueError(f"width multiplier must be positive, got {width}")
     channels = make_divisible(STEM_CHANNELS * width)
@@ -57,14 +97,14 @@ def build_mobilenetv2(writer: NetWriter, bottom: str, width: float = 1.0, bn: st
     index = 0
     first_feature = None
     first_feature_channels = 0
-    for expansion, out, repeats, first_stride in INVERTED_RESIDUAL_SETTINGS:
+    for (expansion, out, repeats, _), first_stride in zip(INVERTED_RESIDUAL_SETTINGS, strides, strict=True):
         out_channels = make_divisible(out * width)
         for repeat in range(repeats):
             stride = first_stride if repeat == 0 else 1
             prefix = block_prefix(index)
             hidden = int(round(channels * expansion))
             block_input = x
-            if expansion != 1:
+            if expansion != 1 or (index == 0 and first_block_expand):
                 x = writer.conv_unit(f"{prefix}/expand", x, hidden, kernel=1, bn=bn)
                 if index == FIRST_FEATURE_BLOCK:
                     first_feature, first_feature_channels = x, hidden

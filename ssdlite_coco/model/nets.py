@@ -32,7 +32,7 @@ from ssdlite_coco.model.heads import (
     build_heads,
 )
 from ssdlite_coco.model.layers import ACTIVATIONS, BN_MODES, PADDINGS, NetWriter
-from ssdlite_coco.model.mobilenetv2 import build_mobilenetv2
+from ssdlite_coco.model.mobilenetv2 import LAYOUTS, build_mobilenetv2
 
 ROLES = ("train", "test", "deploy")
 NET_NAME = "MobileNetV2-SSDLite"
@@ -60,6 +60,10 @@ class ModelOptions:
     bn_moving_average_fraction: float = schema_default(
         "model.bn_moving_average_fraction"
     )  # decay of BatchNorm's running statistics per iteration
+    bn_eps: float = schema_default("model.bn_eps")  # BatchNorm epsilon (1e-5 for torchvision weights)
+    backbone_layout: str = schema_default(
+        "model.backbone_layout"
+    )  # torchvision (the paper's) or shicai (block 0 expansion, stride 2 on block 10)
     padding: str = schema_default(
         "model.padding"
     )  # caffe: symmetric; tf: TensorFlow "SAME" on stride-2 layers (pad + slice)
@@ -101,6 +105,11 @@ class ModelOptions:
                 self.conf_loss in CONF_LOSS_TYPES,
                 f"conf_loss must be one of {list(CONF_LOSS_TYPES)}, got {self.conf_loss!r}",
             ),
+            (
+                self.backbone_layout in LAYOUTS,
+                f"backbone_layout must be one of {list(LAYOUTS)}, got {self.backbone_layout!r}",
+            ),
+            (self.bn_eps > 0, f"bn_eps must be positive, got {self.bn_eps}"),
             (self.train_batch_size >= 1 and self.test_batch_size >= 1, "batch sizes must be at least 1"),
             (
                 0 < self.bn_moving_average_fraction < 1,
@@ -249,12 +258,15 @@ def build_net_with_maps(options: ModelOptions, role: str) -> tuple[caffe_pb2.Net
         activation=options.activation,
         padding=options.padding,
         bn_moving_average_fraction=options.bn_moving_average_fraction,
+        bn_eps=options.bn_eps,
     )
     if role == "deploy":
         _input_layer(writer, options)
     else:
         _data_layer(writer, options, role)
-    backbone = build_mobilenetv2(writer, "data", width=options.width, bn=options.backbone_bn)
+    backbone = build_mobilenetv2(
+        writer, "data", width=options.width, bn=options.backbone_bn, layout=options.backbone_layout
+    )
     maps = build_feature_maps(writer, backbone, options.input_size, width=options.width, bn=options.backbone_bn)
     if any(fmap.size is not None and fmap.size < 1 for fmap in maps):
         raise ModelError(f"input_size {options.input_size} is too small for six feature maps")

@@ -21,10 +21,12 @@ def is_url(spec: str) -> bool:
 
 
 def _check_sha256_value(sha256: str) -> str:
+    """A sha256 or a prefix of one (at least 8 hex digits, as torchvision's file names carry)."""
     sha256 = sha256.strip().lower()
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not 8 <= len(sha256) <= 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise WeightsError(
-            f"train.initial_weights_sha256 {sha256!r} is not a sha256 (64 hex digits); compute it with `sha256sum FILE`"
+            f"train.initial_weights_sha256 {sha256!r} is not a sha256 (64 hex digits, or its first 8 or more); "
+            "compute it with `sha256sum FILE`"
         )
     return sha256
 
@@ -56,7 +58,7 @@ def fetch_weights(spec: str, sha256: str, target: str | os.PathLike, timeout: fl
                     "and the network, or download the file and set train.initial_weights "
                     "to its path"
                 ) from None
-            if digest.hexdigest() != expected:
+            if not digest.hexdigest().startswith(expected):
                 raise WeightsError(
                     f"initial weights downloaded from {spec} have sha256 {digest.hexdigest()}, "
                     f"not {expected}; the file changed or the download is damaged"
@@ -70,7 +72,7 @@ def fetch_weights(spec: str, sha256: str, target: str | os.PathLike, timeout: fl
     if sha256:
         expected = _check_sha256_value(sha256)
         actual = file_digest(source, "sha256")
-        if actual != expected:
+        if not actual.startswith(expected):
             raise WeightsError(
                 f"initial weights {source} have sha256 {actual}, not {expected} "
                 "(train.initial_weights_sha256); fix the value or the file"

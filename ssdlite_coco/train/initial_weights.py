@@ -18,6 +18,7 @@ from ssdlite_coco.caffe_tools.prototxt import read_net
 from ssdlite_coco.caffe_tools.weights import LayerCopy, format_copy_table
 from ssdlite_coco.common.atomic import atomic_write_text
 from ssdlite_coco.evaluate.coco_scoring import evaluate_test_split
+from ssdlite_coco.model.mobilenetv2 import backbone_units
 
 COPY_STATUSES = ("copied", "shape mismatch", "not in weights", "not in net")
 
@@ -91,6 +92,22 @@ def conf_head_statistics(
     }
 
 
+def backbone_coverage(net_param, copied: list[LayerCopy], conversion: Mapping[str, Any] | None = None) -> dict:
+    """How much of the MobileNetV2 backbone the weights filled: layers copied / expected, the missing ones.
+
+    ``conversion`` is the summary of rule convert_initial_weights' report (format, warnings), if any.
+    """
+    names = {layer.name for layer in net_param.layer}
+    units = backbone_units(first_block_expand="conv/expand" in names)
+    backbone = [n for _, unit in units for n in (unit, f"{unit}/bn", f"{unit}/scale") if n in names]
+    status = {row.layer: row.status for row in copied}
+    missing = [name for name in backbone if status.get(name) != "copied"]
+    coverage = {"copied": len(backbone) - len(missing), "expected": len(backbone), "missing": missing}
+    if conversion:
+        coverage.update(format=conversion["format"], warnings=conversion["warnings"])
+    return coverage
+
+
 def check_initial_weights(
     test_net: str | os.PathLike,
     weights: str | os.PathLike,
@@ -98,8 +115,12 @@ def check_initial_weights(
     chance_ap50: float,
     batch_size: int = 8,
     log=print,
+    conversion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report of the check; ``test_split`` holds the ``lmdb``, ``name_size``, ``labelmap`` and ``instances``."""
+    """The report of the check; ``test_split`` holds the ``lmdb``, ``name_size``, ``labelmap`` and ``instances``.
+
+    ``conversion``: the coverage summary of converted ImageNet weights (``convert_weights.coverage_summary``).
+    """
     metrics, _, result = evaluate_test_split(
         test_net,
         weights,
@@ -116,6 +137,7 @@ def check_initial_weights(
     log(format_copy_table(result.copied))
     output = next(layer for layer in net_param.layer if layer.type == "DetectionOutput")
     head = conf_head_statistics(net_param, result.params, result.copied, output.detection_output_param.num_classes)
+    coverage = backbone_coverage(net_param, result.copied, conversion)
     above_chance = metrics["stats"]["AP50"] > chance_ap50
     looks_trained = head["heads_from_weights"] and above_chance
     log(metrics["summary"].rstrip("\n"))
@@ -123,6 +145,10 @@ def check_initial_weights(
         f"detection_eval {metrics['detection_eval']}; conf heads from the weights: {head['heads_from_weights']}; "
         f"background bias margin {head['mean_background_bias_margin']} (trained-looking: "
         f"{head['head_biases_trained']}); AP50 above chance ({chance_ap50}): {above_chance}"
+    )
+    log(
+        f"backbone coverage: {coverage['copied']}/{coverage['expected']} layers from the weights"
+        + (f" (converted from {conversion['format']})" if conversion else "")
     )
     log(f"verdict: the detection head {'looks trained' if looks_trained else 'does NOT look trained'}")
     return {
@@ -133,6 +159,9 @@ def check_initial_weights(
         "map_above_chance": above_chance,
         **head,
         "head_looks_trained": looks_trained,
+        "backbone_coverage": coverage,
+        "backbone_copied": coverage["copied"],
+        "backbone_expected": coverage["expected"],
         "layers": {status: sum(row.status == status for row in result.copied) for status in COPY_STATUSES},
     }
 
