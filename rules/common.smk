@@ -13,6 +13,7 @@ MODEL = config["model"]
 PATCH_ROLES = ("train", "test", "deploy", "solver")
 TRAIN = config["train"]
 EVALUATE = config["evaluate"]
+EXPORT = config["export"]
 
 # --- paths between stages -----------------------------------------------------------------------
 CAFFE_MANIFEST = "resources/caffe/manifest.json"
@@ -38,6 +39,9 @@ TRAINED_WEIGHTS = "results/train/final.caffemodel"
 TRAIN_LOG_CSV = "results/train/train_log.csv"
 DETECTIONS = "results/evaluate/detections.json"
 METRICS_JSON = "results/evaluate/metrics.json"
+EXPORT_DIR = "results/export"
+EXPORT_WEIGHTS = f"{EXPORT_DIR}/caffe/deploy.caffemodel"
+EXPORT_VERIFY = f"{EXPORT_DIR}/verify.json"
 
 # What the test net reads on the test split: inputs and flags of rules evaluate and check_initial_weights.
 TEST_SPLIT_INPUTS = {
