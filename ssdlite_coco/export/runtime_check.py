@@ -22,7 +22,7 @@ from ssdlite_coco.export.runtimes import (
     OpenCVRuntime,
     PycaffeRuntime,
 )
-from ssdlite_coco.export.verify import TestImage, failures_of, format_table, row_of, run_all
+from ssdlite_coco.export.verify import ImageCase, failures_of, format_table, row_of, run_all
 
 REFERENCE = "pycaffe (trained net)"
 
@@ -95,7 +95,7 @@ def machine() -> dict[str, Any]:
 def check_runtimes(
     reference,
     factories: dict[str, Callable],
-    images: list[TestImage],
+    images: list[ImageCase],
     transform: dict[str, Any],
     input_hw: tuple[int, int],
     settings: CheckSettings,

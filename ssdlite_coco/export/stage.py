@@ -15,7 +15,7 @@ from ssdlite_coco.export.make import ExportPaths, make_deploy, make_heads, write
 from ssdlite_coco.export.preprocess import transform_settings
 from ssdlite_coco.export.runtime_check import CheckSettings, check_runtimes, runtime_factories, write_verify
 from ssdlite_coco.export.runtimes import PycaffeRuntime
-from ssdlite_coco.export.verify import TestImage, VerifyError
+from ssdlite_coco.export.verify import ImageCase, VerifyError
 
 
 @dataclass
@@ -28,14 +28,14 @@ class ExportInputs:
     labelmap: Path | None = None
 
 
-def test_images(instances: Path, images_dir: Path, limit: int = 0) -> list[TestImage]:
+def test_images(instances: Path, images_dir: Path, limit: int = 0) -> list[ImageCase]:
     """The test split's images by image id (``limit`` > 0 keeps the first ``limit``)."""
     records = sorted(json.loads(instances.read_text())["images"], key=lambda image: image["id"])
     chosen = records[:limit] if limit > 0 else records
-    return [TestImage(images_dir / r["file_name"], r["id"], int(r["height"]), int(r["width"])) for r in chosen]
+    return [ImageCase(images_dir / r["file_name"], r["id"], int(r["height"]), int(r["width"])) for r in chosen]
 
 
-def coco_scorer(instances: Path, labelmap: Path, images: list[TestImage]):
+def coco_scorer(instances: Path, labelmap: Path, images: list[ImageCase]):
     """(rows, image) -> COCO detections and (detections, name) -> COCO metrics on ``images``."""
     import numpy as np
 
@@ -46,7 +46,7 @@ def coco_scorer(instances: Path, labelmap: Path, images: list[TestImage]):
     categories = label_to_category(read_labelmap(labelmap), str(labelmap))
     image_ids = [image.image_id for image in images]
 
-    def to_coco(rows, image: TestImage):
+    def to_coco(rows, image: ImageCase):
         rows7 = np.concatenate([np.zeros((len(rows), 1), np.float32), rows], axis=1)
         return to_coco_detections(rows7, 0, [(image.image_id, image.height, image.width)], categories)
 

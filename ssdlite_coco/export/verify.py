@@ -28,7 +28,7 @@ class VerifyError(SsdliteError):
 
 
 @dataclass
-class TestImage:
+class ImageCase:
     path: Path
     image_id: int | None = None
     height: int = 0
@@ -84,7 +84,7 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / max(1.0, float(np.abs(a).max()))) if a.size else 0.0
 
 
-def tally_image(tally: Tally, reference, outputs, image: TestImage, threshold: float, to_coco) -> None:
+def tally_image(tally: Tally, reference, outputs, image: ImageCase, threshold: float, to_coco) -> None:
     for name in ("loc", "scores"):
         difference = _relative(getattr(reference, name), getattr(outputs, name))
         if difference > getattr(tally, name):
@@ -100,7 +100,7 @@ def tally_image(tally: Tally, reference, outputs, image: TestImage, threshold: f
 
 
 def run_all(
-    runtimes: dict[str, Any], reference, images: list[TestImage], transform: dict, input_hw, threshold, to_coco
+    runtimes: dict[str, Any], reference, images: list[ImageCase], transform: dict, input_hw, threshold, to_coco
 ):
     """Feed every image to the reference and every runtime once: a Tally per runtime (and the reference's)."""
     tallies = {name: Tally() for name in runtimes}
