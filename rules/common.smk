@@ -1,6 +1,7 @@
 # The paths every stage shares, the config sections, and the input/parameter functions of the rules
 # (snakemake --lint wants functions apart from rules). Included first by the Snakefile.
 import glob
+import os
 import json
 
 from ssdlite_coco.dataset.coco2017 import SPLIT_TO_COCO, archive_url
@@ -156,3 +157,11 @@ def initial_weights_input(wildcards):
 
 def initial_weights_flag(wildcards, input):
     return f"--initial-weights {input.initial_weights}" if input.initial_weights else ""
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def export_out_dir(wildcards, output):
+    """The folder of rule export's outputs (that of verify.json)."""
+    return os.path.dirname(output.verify)

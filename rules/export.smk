@@ -32,7 +32,7 @@ rule export:
         "../envs/export.yaml"
     threads: rule_threads(config, "export")
     params:
-        out_dir=EXPORT_DIR,
+        out_dir=export_out_dir,
         check_images=EVALUATE["fold_check_images"],
         fold_tolerance=EVALUATE["fold_tolerance"],
         score_threshold=EVALUATE["report_score_threshold"],
