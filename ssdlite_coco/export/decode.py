@@ -64,18 +64,26 @@ def nms_fast(boxes, scores, score_threshold, nms_threshold: float, eta: float, t
     order = candidates[np.argsort(-scores[candidates], kind="stable")]
     if -1 < top_k < len(order):
         order = order[:top_k]
-    sizes = box_sizes(boxes)
-    kept: list[int] = []
+    chosen = boxes[order]
+    sizes = box_sizes(chosen)
+    overlaps = (
+        np.stack([jaccard(chosen[i], chosen, sizes[i], sizes) for i in range(len(order))]) if len(order) else None
+    )
     threshold = F32(nms_threshold)
-    for index in order:
-        if kept:
-            overlaps = jaccard(boxes[index], boxes[kept], sizes[index], sizes[kept])
-            if (overlaps > threshold).any():
-                continue
-        kept.append(int(index))
-        if eta < 1 and threshold > 0.5:
+    kept: list[int] = []
+    suppressed = np.zeros(len(order), bool)
+    for position in range(len(order)):
+        if eta >= 1:  # a fixed threshold: suppressing by each kept box is the same greedy walk, faster
+            if not suppressed[position]:
+                kept.append(position)
+                suppressed |= overlaps[position] > threshold
+            continue
+        if kept and (overlaps[position, kept] > threshold).any():
+            continue
+        kept.append(position)
+        if threshold > 0.5:
             threshold = F32(threshold * F32(eta))
-    return kept
+    return [int(order[position]) for position in kept]
 
 
 def decode_detections(loc, scores, priors, settings: Mapping[str, Any]) -> np.ndarray:
