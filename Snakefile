@@ -83,5 +83,5 @@ rule all:
     input:
         expand("results/lmdb/{split}_check", split=["trainval", "test"]),
         "results/evaluate/metrics.json",
-        "results/export/deploy.caffemodel",
+        EXPORT_VERIFY,
         "results/report/loss.png",

@@ -1,6 +1,7 @@
 # The paths every stage shares, the config sections, and the input/parameter functions of the rules
 # (snakemake --lint wants functions apart from rules). Included first by the Snakefile.
 import glob
+import os
 import json
 
 from ssdlite_coco.dataset.coco2017 import SPLIT_TO_COCO, archive_url
@@ -13,6 +14,7 @@ MODEL = config["model"]
 PATCH_ROLES = ("train", "test", "deploy", "solver")
 TRAIN = config["train"]
 EVALUATE = config["evaluate"]
+EXPORT = config["export"]
 
 # --- paths between stages -----------------------------------------------------------------------
 CAFFE_MANIFEST = "resources/caffe/manifest.json"
@@ -47,6 +49,9 @@ TRAINED_WEIGHTS = "results/train/final.caffemodel"
 TRAIN_LOG_CSV = "results/train/train_log.csv"
 DETECTIONS = "results/evaluate/detections.json"
 METRICS_JSON = "results/evaluate/metrics.json"
+EXPORT_DIR = "results/export"
+EXPORT_WEIGHTS = f"{EXPORT_DIR}/caffe/deploy.caffemodel"
+EXPORT_VERIFY = f"{EXPORT_DIR}/verify.json"
 
 # What the test net reads on the test split: inputs and flags of rules evaluate and check_initial_weights.
 TEST_SPLIT_INPUTS = {
@@ -171,3 +176,11 @@ def weights_coverage_flag(wildcards, input):
 
 def initial_weights_flag(wildcards, input):
     return f"--initial-weights {input.initial_weights}" if input.initial_weights else ""
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def export_out_dir(wildcards, output):
+    """The folder of rule export's outputs (that of verify.json)."""
+    return os.path.dirname(output.verify)

@@ -1,9 +1,10 @@
-# Rules of the export stage (see models/README.md): results/export/deploy.{prototxt,caffemodel}, the
-# deploy net with BatchNorm/Scale folded into the convolutions, checked against the trained net.
+# Rules of the export stage (see models/README.md, "Deploying"): results/export/ holds the deploy net
+# with BatchNorm folded and runtime-safe rewrites (caffe/), the head-only net with its priors (caffe-heads/),
+# its ONNX form (onnx/), the preprocessing, calibration images, and the check in every runtime (verify.json).
 
 
 rule export:
-    """deploy.prototxt + caffemodel with BatchNorm/Scale folded into the convolutions, checked on test images."""
+    """Caffe, head-only Caffe and ONNX exports, checked in pycaffe, OpenCV DNN, MNN and ONNX Runtime."""
     input:
         caffe=CAFFE_MANIFEST,
         deploy_net=DEPLOY_NET,
@@ -11,21 +12,41 @@ rule export:
         weights=TRAINED_WEIGHTS,
         instances=TEST_INSTANCES,
         images=TEST_IMAGES,
+        labelmap=LABELMAP_FILE,
     output:
-        prototxt="results/export/deploy.prototxt",
-        weights="results/export/deploy.caffemodel",
-        check="results/export/fold_check.json",
+        prototxt=f"{EXPORT_DIR}/caffe/deploy.prototxt",
+        weights=EXPORT_WEIGHTS,
+        heads_prototxt=f"{EXPORT_DIR}/caffe-heads/heads.prototxt",
+        heads_weights=f"{EXPORT_DIR}/caffe-heads/heads.caffemodel",
+        priors=f"{EXPORT_DIR}/caffe-heads/priors.npy",
+        decode=f"{EXPORT_DIR}/caffe-heads/decode.json",
+        onnx=f"{EXPORT_DIR}/onnx/heads.onnx",
+        preprocess=f"{EXPORT_DIR}/preprocess.json",
+        calibration=directory(f"{EXPORT_DIR}/calibration"),
+        fold_check=f"{EXPORT_DIR}/fold_check.json",
+        verify=EXPORT_VERIFY,
+        verify_table=f"{EXPORT_DIR}/verify.md",
     log:
         "logs/export/export.log",
     conda:
-        "../envs/caffe.yaml"
+        "../envs/export.yaml"
     threads: rule_threads(config, "export")
     params:
+        out_dir=export_out_dir,
         check_images=EVALUATE["fold_check_images"],
-        tolerance=EVALUATE["fold_tolerance"],
+        fold_tolerance=EVALUATE["fold_tolerance"],
+        score_threshold=EVALUATE["report_score_threshold"],
+        calibration_images=EXPORT["calibration_images"],
+        verify_images=EXPORT["verify_images"],
+        tolerance=EXPORT["tolerance"],
+        ap_tolerance=EXPORT["ap_tolerance"],
+        latency_runs=EXPORT["latency_runs"],
     shell:
         "logged {log} with-caffe --threads {threads} export.py --deploy-net {input.deploy_net}"
         " --weights {input.weights} --test-net {input.test_net} --instances {input.instances}"
-        " --images {input.images} --check-images {params.check_images} --tolerance {params.tolerance}"
-        " --out-prototxt {output.prototxt} --out-weights {output.weights}"
-        " --check-json {output.check}"
+        " --images {input.images} --labelmap {input.labelmap} --out-dir {params.out_dir}"
+        " --check-images {params.check_images} --fold-tolerance {params.fold_tolerance}"
+        " --calibration-images {params.calibration_images} --verify-images {params.verify_images}"
+        " --tolerance {params.tolerance} --ap-tolerance {params.ap_tolerance}"
+        " --latency-runs {params.latency_runs} --score-threshold {params.score_threshold}"
+        " --threads {threads}"

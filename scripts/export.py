@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Export the deploy net with BatchNorm/Scale folded into the convolutions, checked on real test images."""
+"""Export the trained net for deployment (Caffe, head-only Caffe, ONNX, calibration images) and check it in
+pycaffe, OpenCV DNN, MNN and ONNX Runtime against pycaffe on the test images."""
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -16,72 +16,55 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--deploy-net", required=True, type=Path, help="results/model/deploy.prototxt")
     parser.add_argument("--weights", required=True, type=Path, help="trained .caffemodel")
-    parser.add_argument(
-        "--test-net",
-        required=True,
-        type=Path,
-        help="test prototxt: its data layer's mean and scale preprocess the check images",
-    )
+    parser.add_argument("--test-net", required=True, type=Path, help="test prototxt: its data layer's transform")
     parser.add_argument("--instances", required=True, type=Path, help="COCO instances JSON of the test split")
     parser.add_argument("--images", required=True, type=Path, help="images folder of the test split")
+    parser.add_argument("--labelmap", type=Path, help="labelmap.prototxt: with it, COCO AP of every runtime")
+    parser.add_argument("--out-dir", required=True, type=Path, help="results/export")
     parser.add_argument(
         "--check-images",
         type=int,
         default=schema_default("evaluate.fold_check_images"),
-        help="how many test images to compare on",
+        help="test images on which the folded net is compared with the trained one",
     )
     parser.add_argument(
-        "--tolerance",
+        "--fold-tolerance",
         type=float,
         default=schema_default("evaluate.fold_tolerance"),
-        help="largest allowed output difference, relative to the output's magnitude (at least 1)",
+        help="largest output difference allowed after folding, relative to the output's magnitude (at least 1)",
     )
-    parser.add_argument("--out-prototxt", required=True, type=Path)
-    parser.add_argument("--out-weights", required=True, type=Path)
-    parser.add_argument("--check-json", required=True, type=Path)
+    parser.add_argument("--calibration-images", type=int, default=schema_default("export.calibration_images"))
+    parser.add_argument("--verify-images", type=int, default=schema_default("export.verify_images"), help="0: all")
+    parser.add_argument("--tolerance", type=float, default=schema_default("export.tolerance"))
+    parser.add_argument("--ap-tolerance", type=float, default=schema_default("export.ap_tolerance"))
+    parser.add_argument("--latency-runs", type=int, default=schema_default("export.latency_runs"))
+    parser.add_argument("--score-threshold", type=float, default=schema_default("evaluate.report_score_threshold"))
+    parser.add_argument(
+        "--no-rewrites",
+        action="store_true",
+        help="skip the runtime-safe rewrites (to see a runtime fail on the folded net as it is)",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="threads of every runtime (the rule's threads)")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.common.atomic import atomic_write_text
-    from ssdlite_coco.export.fold import ExportError, check_folding, export_deploy
-    from ssdlite_coco.export.preprocess import transform_settings
+    from ssdlite_coco.export.stage import ExportInputs, run_export
 
-    data = json.loads(args.instances.read_text())
-    images = [
-        args.images / image["file_name"]
-        for image in sorted(data["images"], key=lambda image: image["id"])[: args.check_images]
-    ]
-    transform = transform_settings(args.test_net)
-    folded = export_deploy(args.deploy_net, args.weights, args.out_prototxt, args.out_weights)
-    check = check_folding(
-        args.deploy_net,
-        args.weights,
-        args.out_prototxt,
-        args.out_weights,
-        images,
-        transform["mean"],
-        transform["scale"],
-    )
-    check.update(
-        tolerance=args.tolerance,
-        folded=[vars(layer) for layer in folded],
-        images=[str(path) for path in images],
-        preprocessing=transform,
-    )
-    print(
-        f"folded {len(folded)} Convolution+BatchNorm(+Scale) chains: {check['layers_before']} -> "
-        f"{check['layers_after']} layers; largest output difference on {len(images)} test images: "
-        f"{check['max_abs_difference']:.3g} ({check['max_relative_difference']:.3g} relative)"
-    )
-    if not check["max_relative_difference"] < args.tolerance:
-        for path in (args.out_prototxt, args.out_weights):
-            path.unlink(missing_ok=True)
-        raise ExportError(
-            f"the folded net's outputs differ from the original by {check['max_relative_difference']:.3g} "
-            f"relative (> {args.tolerance}) on images of {args.images}: {check['per_blob_relative']}"
-        )
-    atomic_write_text(args.check_json, json.dumps(check, indent=2) + "\n")
+    inputs = ExportInputs(args.deploy_net, args.weights, args.test_net, args.instances, args.images, args.labelmap)
+    options = {
+        "fold_check_images": args.check_images,
+        "fold_tolerance": args.fold_tolerance,
+        "calibration_images": args.calibration_images,
+        "verify_images": args.verify_images,
+        "tolerance": args.tolerance,
+        "ap_tolerance": args.ap_tolerance,
+        "latency_runs": args.latency_runs,
+        "score_threshold": args.score_threshold,
+        "threads": args.threads,
+        "rewrite": not args.no_rewrites,
+    }
+    run_export(inputs, args.out_dir, options)
     return 0
 
 

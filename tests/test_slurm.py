@@ -19,7 +19,7 @@ from tests.support.workflow_run import copy_workflow, output_tail, run_snakemake
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # The SLURM run is the whole demo DAG (rule all), shrunk to a few images and iterations.
-TARGETS = ["results/evaluate/metrics.json", "results/export/deploy.caffemodel", "results/report/loss.png"]
+TARGETS = ["results/evaluate/metrics.json", "results/export/verify.json", "results/report/loss.png"]
 SMALL_DEMO = {
     "dataset": {"demo": {"trainval_images": 32, "test_images": 8}},
     "solver": {"max_iter": 6, "steps": [4, 5], "snapshot": 3, "test_interval": 3},

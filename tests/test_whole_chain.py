@@ -41,9 +41,18 @@ FINAL_OUTPUTS = [
     "results/evaluate/metrics.csv",
     "results/evaluate/per_class_ap.csv",
     "results/evaluate/detections.json",
-    "results/export/deploy.prototxt",
-    "results/export/deploy.caffemodel",
+    "results/export/caffe/deploy.prototxt",
+    "results/export/caffe/deploy.caffemodel",
+    "results/export/caffe-heads/heads.prototxt",
+    "results/export/caffe-heads/heads.caffemodel",
+    "results/export/caffe-heads/priors.npy",
+    "results/export/caffe-heads/decode.json",
+    "results/export/onnx/heads.onnx",
+    "results/export/preprocess.json",
+    "results/export/calibration/list.txt",
     "results/export/fold_check.json",
+    "results/export/verify.json",
+    "results/export/verify.md",
     "results/report/loss.png",
     "results/report/metrics.html",
     "results/report/detections.jpg",
@@ -74,9 +83,25 @@ def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
     assert all(d["image_id"] in image_ids and d["category_id"] in categories for d in detections)
     fold = json.loads((workdir / "results/export/fold_check.json").read_text())
     assert fold["max_relative_difference"] < fold["tolerance"], fold
+    check_runtime_rows(workdir, num_images=len(test_images))
     with (workdir / "results/evaluate/metrics.csv").open() as handle:
         assert dict(csv.reader(handle))["coco/AP50"]
     return metrics
+
+
+def check_runtime_rows(workdir: Path, num_images: int) -> None:
+    """Every runtime loads the export, agrees with pycaffe on the heads and scores the same COCO AP50."""
+    verify = json.loads((workdir / "results/export/verify.json").read_text())
+    assert verify["failures"] == [] and verify["images"] == num_images, verify["failures"]
+    rows = verify["rows"]
+    runtimes = " ".join(row["runtime"] for row in rows)
+    assert all(name in runtimes for name in ("pycaffe", "OpenCV DNN 4.", "MNN", "ONNX Runtime")), runtimes
+    for row in rows:
+        assert row["loads"], row
+        assert max(row["loc_max_difference"], row["scores_max_difference"]) <= verify["tolerance"], row
+        assert abs(row["AP50"] - rows[0]["AP50"]) <= 0.005, row
+        assert row["latency"]["runs"] >= 50 and row["latency"]["median_ms"] > 0, row
+    assert "layer_19_2_5_mbox_loc/depthwise" in {rewrite["layer"] for rewrite in verify["rewrites"]}
 
 
 def test_demo_reaches_its_expected_map(demo_run):

@@ -144,21 +144,11 @@ def net_params(net) -> dict[str, list[np.ndarray]]:
     return {name: [blob.data.copy() for blob in blobs] for name, blobs in net.params.items()}
 
 
-def export_deploy(
-    deploy_prototxt: str | os.PathLike,
-    weights: str | os.PathLike,
-    out_prototxt: str | os.PathLike,
-    out_weights: str | os.PathLike,
-) -> list[FoldedLayer]:
-    """Write the folded deploy prototxt and caffemodel (each atomically); returns the folded chains."""
+def save_net(net_param, params: dict[str, list[np.ndarray]], out_prototxt, out_weights) -> None:
+    """Write ``net_param`` and ``params`` as a prototxt and a caffemodel (each atomically), through pycaffe."""
     import caffe
 
-    net_param = read_net(deploy_prototxt)
-    source = load_net_params(deploy_prototxt, weights)
-    folded_param, folded_params, folded = fold_batchnorm(net_param, net_params(source))
-    if not folded:
-        raise ExportError(f"{deploy_prototxt}: no Convolution → BatchNorm chain to fold")
-    text = format_prototxt(folded_param)
+    text = format_prototxt(net_param)
     with atomic_path(out_weights) as tmp_weights:
         tmp_prototxt = tmp_weights.parent / f"{tmp_weights.name}.prototxt"
         try:
@@ -166,11 +156,34 @@ def export_deploy(
             net = caffe.Net(str(tmp_prototxt), caffe.TEST)
         finally:
             tmp_prototxt.unlink(missing_ok=True)
-        for name, arrays in folded_params.items():
+        for name, arrays in params.items():
+            if name not in net.params:
+                continue
             for blob, array in zip(net.params[name], arrays, strict=True):
                 blob.data[...] = array
         net.save(str(tmp_weights))
     atomic_write_text(out_prototxt, text)
+
+
+def fold_deploy(deploy_prototxt: str | os.PathLike, weights: str | os.PathLike):
+    """(folded NetParameter, its params, folded chains) of a deploy net and its trained weights."""
+    net_param = read_net(deploy_prototxt)
+    source = load_net_params(deploy_prototxt, weights)
+    folded_param, folded_params, folded = fold_batchnorm(net_param, net_params(source))
+    if not folded:
+        raise ExportError(f"{deploy_prototxt}: no Convolution → BatchNorm chain to fold")
+    return folded_param, folded_params, folded
+
+
+def export_deploy(
+    deploy_prototxt: str | os.PathLike,
+    weights: str | os.PathLike,
+    out_prototxt: str | os.PathLike,
+    out_weights: str | os.PathLike,
+) -> list[FoldedLayer]:
+    """Write the folded deploy prototxt and caffemodel (each atomically); returns the folded chains."""
+    folded_param, folded_params, folded = fold_deploy(deploy_prototxt, weights)
+    save_net(folded_param, folded_params, out_prototxt, out_weights)
     return folded
 
 
@@ -233,13 +246,20 @@ def input_shape(prototxt: str | os.PathLike) -> tuple[int, int, int]:
 
 
 def check_folding(
-    deploy_prototxt, weights, folded_prototxt, folded_weights, images: list[Path], mean: list[float], scale: float
+    deploy_prototxt,
+    weights,
+    folded_prototxt,
+    folded_weights,
+    images: list[Path],
+    mean: list[float],
+    scale: float,
+    interpolation: str = "INTER_LINEAR",
 ) -> dict[str, Any]:
     """Run the unfolded and folded nets on real ``images``; the comparison of their outputs."""
     import caffe
 
     _, height, width = input_shape(deploy_prototxt)
-    inputs = [preprocess_image(path, height, width, mean, scale) for path in images]
+    inputs = [preprocess_image(path, height, width, mean, scale, interpolation) for path in images]
     reference = load_net_params(deploy_prototxt, weights)
     folded = caffe.Net(str(folded_prototxt), caffe.TEST, weights=str(folded_weights))
     result = compare_nets(reference, folded, inputs)

@@ -1,4 +1,4 @@
-"""Deploy export: BatchNorm/Scale folded into convolutions gives the same outputs on real images."""
+"""Deploy export, folding: BatchNorm/Scale folded into convolutions gives the same outputs on real images."""
 
 from __future__ import annotations
 
@@ -148,14 +148,8 @@ def test_fold_arithmetic_matches_batchnorm_and_scale():
     np.testing.assert_allclose(new_bias, -mean * a + np.array([0.1, -0.2]), rtol=1e-6)
 
 
-def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tmp_path):
-    world, weights = world_and_weights
-    images = tmp_path / "images"
-    images.mkdir()
-    for path in world.test_images:
-        (images / path.name).symlink_to(path)
-    out = tmp_path / "deploy"
-    result = subprocess.run(
+def _export(world, weights, images: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             sys.executable,
             str(REPO / "scripts" / "export.py"),
@@ -169,26 +163,34 @@ def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tm
             str(world.test_instances),
             "--images",
             str(images),
-            "--check-images",
-            "4",
-            "--out-prototxt",
-            str(out / "deploy.prototxt"),
-            "--out-weights",
-            str(out / "deploy.caffemodel"),
-            "--check-json",
-            str(out / "fold_check.json"),
+            "--out-dir",
+            str(out),
+            *extra,
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
+
+
+def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tmp_path):
+    world, weights = world_and_weights
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in world.test_images:
+        (images / path.name).symlink_to(path)
+    out = tmp_path / "export"
+    result = _export(world, weights, images, out, "--check-images", "4", "--verify-images", "3", "--latency-runs", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads((out / "fold_check.json").read_text())
     assert check["max_abs_difference"] < 1e-4 and len(check["images"]) == 4
     assert "folded 4 Convolution+BatchNorm(+Scale) chains" in result.stdout
-    net = caffe.Net(str(out / "deploy.prototxt"), caffe.TEST, weights=str(out / "deploy.caffemodel"))
+    net = caffe.Net(str(out / "caffe/deploy.prototxt"), caffe.TEST, weights=str(out / "caffe/deploy.caffemodel"))
     assert "conv1/bn" not in net.params
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["failures"] == [] and all(row["loads"] for row in verify["rows"]), verify["rows"]
+    assert verify["images"] == 3 and "AP50" not in verify["rows"][0]  # no labelmap given: no COCO scoring
 
 
 def test_export_of_weights_for_another_net_fails_in_one_line(world_and_weights, tmp_path):
@@ -198,35 +200,11 @@ def test_export_of_weights_for_another_net_fails_in_one_line(world_and_weights, 
     other = tmp_path / "other.prototxt"
     other.write_text(deploy_net_text(num_classes=7))
     caffe.Net(str(other), caffe.TEST).save(str(tmp_path / "other.caffemodel"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "export.py"),
-            "--deploy-net",
-            str(world.deploy_net),
-            "--weights",
-            str(tmp_path / "other.caffemodel"),
-            "--test-net",
-            str(world.test_net),
-            "--instances",
-            str(world.test_instances),
-            "--images",
-            str(tmp_path),
-            "--out-prototxt",
-            str(tmp_path / "d.prototxt"),
-            "--out-weights",
-            str(tmp_path / "d.caffemodel"),
-            "--check-json",
-            str(tmp_path / "c.json"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _export(world, tmp_path / "other.caffemodel", tmp_path, tmp_path / "export")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "shape mismatch" in result.stderr
-    assert not (tmp_path / "d.caffemodel").exists() and not (tmp_path / "c.json").exists()
+    assert not (tmp_path / "export/caffe/deploy.caffemodel").exists()
+    assert not (tmp_path / "export/fold_check.json").exists()
 
 
 def test_the_generated_mobilenetv2_ssdlite_deploy_net_folds_to_the_same_outputs(world_and_weights, tmp_path):

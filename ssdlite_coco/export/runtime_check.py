@@ -1,0 +1,165 @@
+"""Load the export in every runtime, run the test images through all of them, write ``verify.json``/``.md``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssdlite_coco.common.atomic import atomic_write_text
+from ssdlite_coco.export.make import ExportPaths
+from ssdlite_coco.export.preprocess import preprocess_image
+from ssdlite_coco.export.runtimes import (
+    CaffeHeadsRuntime,
+    MnnRuntime,
+    OnnxRuntime,
+    OpenCVRuntime,
+    PycaffeRuntime,
+)
+from ssdlite_coco.export.verify import ImageCase, failures_of, format_table, row_of, run_all
+
+REFERENCE = "pycaffe (trained net)"
+
+
+@dataclass
+class CheckSettings:
+    threads: int = 1
+    tolerance: float = 1e-3
+    ap_tolerance: float = 0.005
+    latency_runs: int = 50
+    score_threshold: float = 0.3
+
+
+def versions() -> dict[str, str]:
+    import cv2
+    import MNN
+    import onnx
+    import onnxruntime
+
+    return {
+        "opencv": cv2.__version__,
+        "mnn": MNN.version(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def runtime_factories(paths: ExportPaths, heads: dict[str, Any], workdir: Path, threads: int) -> dict[str, Callable]:
+    """Name -> a function that loads the export in that runtime (raising its error when it cannot)."""
+    known = versions()
+    classes = heads["settings"]["num_classes"]
+    conf = heads["conf_blob"]
+    return {
+        "pycaffe": lambda: PycaffeRuntime(*paths.deploy, heads["loc_blob"], conf, classes),
+        "pycaffe heads + decode_detections": lambda: CaffeHeadsRuntime(
+            *paths.heads, heads["priors"], heads["settings"]
+        ),
+        f"OpenCV DNN {known['opencv']}": lambda: OpenCVRuntime(
+            *paths.deploy, heads["loc_blob"], conf, classes, threads
+        ),
+        f"MNN {known['mnn']}": lambda: MnnRuntime(paths.deploy, paths.heads, workdir, classes, threads),
+        f"ONNX Runtime {known['onnxruntime']} + decode_detections": lambda: OnnxRuntime(
+            paths.onnx, heads["priors"], heads["settings"], threads
+        ),
+    }
+
+
+def load_runtimes(factories: dict[str, Callable]) -> tuple[dict[str, Any], dict[str, str]]:
+    loaded, errors = {}, {}
+    for name, factory in factories.items():
+        try:
+            loaded[name] = factory()
+        except Exception as error:  # a runtime's own failure is a result of the check, reported per row
+            errors[name] = " ".join(f"{type(error).__name__}: {error}".split())[:500]
+    return loaded, errors
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
+
+
+def check_runtimes(
+    reference,
+    factories: dict[str, Callable],
+    images: list[ImageCase],
+    transform: dict[str, Any],
+    input_hw: tuple[int, int],
+    settings: CheckSettings,
+    scorer: tuple[Callable, Callable] | None = None,
+) -> dict[str, Any]:
+    """The rows of ``verify.json``. ``scorer``: (rows, image) -> COCO detections, (detections, name) -> metrics."""
+    loaded, errors = load_runtimes(factories)
+    to_coco, score = scorer if scorer is not None else (None, None)
+    tallies, reference_tally = run_all(
+        loaded, reference, images, transform, input_hw, settings.score_threshold, to_coco
+    )
+    first = preprocess_image(
+        images[0].path, *input_hw, transform["mean"], transform["scale"], transform["interpolation"]
+    )
+    reference_row = row_of(REFERENCE, reference_tally, score, reference.latency(first, settings.latency_runs))
+    rows = [reference_row]
+    for name in factories:
+        if name in errors:
+            rows.append({"runtime": name, "loads": False, "error": errors[name]})
+            continue
+        rows.append(row_of(name, tallies[name], score, loaded[name].latency(first, settings.latency_runs)))
+    failures = failures_of(rows[1:], reference_row, settings.tolerance, settings.ap_tolerance)
+    return {
+        "reference": REFERENCE,
+        "rows": rows,
+        "failures": failures,
+        "images": len(images),
+        "tolerance": settings.tolerance,
+        "ap_tolerance": settings.ap_tolerance,
+        "score_threshold": settings.score_threshold,
+        "threads": settings.threads,
+        "latency": f"batch 1, median of {settings.latency_runs} runs after 5 warm-up runs",
+        "machine": machine(),
+        "versions": versions(),
+    }
+
+
+def write_verify(result: dict[str, Any], rewrites: list, json_path, markdown_path) -> None:
+    """``verify.json`` and ``verify.md`` (the table, the rewrites, the machine)."""
+    result = dict(result, rewrites=[vars(rewrite) for rewrite in rewrites])
+    atomic_write_text(json_path, json.dumps(result, indent=2, default=_plain) + "\n")
+    host = result["machine"]
+    lines = [
+        "# Export check: every runtime against pycaffe",
+        "",
+        f"{result['images']} test images; differences relative to pycaffe's magnitude (at least 1), tolerance "
+        f"{result['tolerance']}; detections above score {result['score_threshold']}, matched with the same label "
+        f"at IoU >= 0.5; COCO AP from each runtime's own detections; latency {result['latency']}, "
+        f"{result['threads']} thread(s), on {host['cpu']} ({host['cores']} cores).",
+        "",
+        format_table(result["rows"]),
+        "Rewrites in caffe/deploy.prototxt (the maths unchanged):",
+        "",
+        *([f"- `{r.layer}` ({r.kind}): {r.detail}" for r in rewrites] or ["- none"]),
+        "",
+        "Failures: " + ("; ".join(result["failures"]) if result["failures"] else "none"),
+        "",
+    ]
+    atomic_write_text(markdown_path, "\n".join(lines))
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
