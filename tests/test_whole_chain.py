@@ -123,15 +123,41 @@ def test_demo_reaches_its_expected_map(demo_run):
 
 
 def test_whole_chain_on_real_coco_images(repo_root, coco_mini_dir, tmp_path):
-    """coco-mini as both splits: a grayscale image, crowd boxes, images without objects, 75 categories; the
-    backbone starts from (random) torchvision-format ImageNet weights, fetched, converted and checked."""
+    """coco-mini as both splits: a grayscale image, crowd boxes, images without objects, 75 categories."""
+    workdir = copy_workflow(repo_root, tmp_path / "workflow")
+    split = {
+        "instances": str(coco_mini_dir / "annotations/instances_mini.json"),
+        "images": str(coco_mini_dir / "images"),
+    }
+    config = {
+        "dataset": {"source": "local", "local": {"trainval": split, "test": split}},
+        "model": {"width": 0.35, "train_batch_size": 4, "test_batch_size": 8},
+        "solver": {"max_iter": 6, "steps": [4, 5], "snapshot": 3, "test_interval": 3, "display": 1},
+        "evaluate": {"report_images": 4},
+    }
+    (workdir / "coco_mini.yaml").write_text(yaml.safe_dump(config))
+    # Over the demo's settings (seeded solver, two training threads), then this file's: a user config alone
+    # would be merged over the schema defaults instead.
+    args = ["--cores", "2", "--configfile", "config/config.yaml", "coco_mini.yaml"]
+    result = run_snakemake(workdir, args, timeout=1800)
+    assert result.returncode == 0, output_tail(result)
+    check_outputs_are_well_formed(workdir, max_iter=6)
+    labelmap = (workdir / "results/labelmap/labelmap.prototxt").read_text()
+    assert labelmap.count("item {") == 81
+    summary = dict(csv.reader((workdir / "results/lmdb/test_check/summary.csv").open()))
+    assert summary["records"] == "128" and summary["grayscale_images"] == "1"
+    assert summary["images_without_boxes"] == "2" and int(summary["difficult_boxes"]) == 10
+
+
+def test_an_imagenet_start_is_fetched_converted_checked_and_trained(repo_root, coco_mini_dir, tmp_path):
+    """torchvision-format weights (random, BatchNorm statistics measured on coco-mini) through the real rules."""
     import torch
 
-    from tests.support.imagenet_nets import torchvision_mobilenet_v2
+    from tests.support.imagenet_nets import calibrated_mobilenet_v2
 
     workdir = copy_workflow(repo_root, tmp_path / "workflow")
     imagenet = tmp_path / "mobilenet_v2-random.pth"
-    torch.save(torchvision_mobilenet_v2(width=0.5, seed=3).state_dict(), imagenet)
+    torch.save(calibrated_mobilenet_v2(coco_mini_dir, width=0.5, seed=3).state_dict(), imagenet)
     split = {
         "instances": str(coco_mini_dir / "annotations/instances_mini.json"),
         "images": str(coco_mini_dir / "images"),
@@ -139,24 +165,17 @@ def test_whole_chain_on_real_coco_images(repo_root, coco_mini_dir, tmp_path):
     config = {
         "dataset": {"source": "local", "local": {"trainval": split, "test": split}},
         "model": {"width": 0.5, "train_batch_size": 4, "test_batch_size": 8},
+        "solver": {"max_iter": 2, "steps": [1, 2], "snapshot": 2, "test_interval": 2, "display": 1},
         "train": {"initial_weights": str(imagenet), "initial_weights_format": "torchvision"},
-        "solver": {"max_iter": 6, "steps": [4, 5], "snapshot": 3, "test_interval": 3, "display": 1},
-        "evaluate": {"report_images": 4},
     }
-    (workdir / "coco_mini.yaml").write_text(yaml.safe_dump(config))
-    # Over the demo's settings (seeded solver, two training threads), then this file's: a user config alone
-    # would be merged over the schema defaults instead.
+    (workdir / "imagenet.yaml").write_text(yaml.safe_dump(config))
     check = "results/train/initial_weights_check.json"
-    args = ["--cores", "2", "all", check, "--configfile", "config/config.yaml", "coco_mini.yaml"]
+    targets = ["results/train/final.caffemodel", check]
+    args = ["--cores", "2", *targets, "--configfile", "config/config.yaml", "imagenet.yaml"]
     result = run_snakemake(workdir, args, timeout=1800)
     assert result.returncode == 0, output_tail(result)
-    check_outputs_are_well_formed(workdir, max_iter=6)
     report = json.loads((workdir / check).read_text())
     assert report["backbone_copied"] == report["backbone_expected"] > 0, report["backbone_coverage"]
     coverage = (workdir / "results/train/initial_weights_coverage.txt").read_text()
     assert f"backbone: {report['backbone_copied']}/{report['backbone_expected']} layers copied" in coverage
-    labelmap = (workdir / "results/labelmap/labelmap.prototxt").read_text()
-    assert labelmap.count("item {") == 81
-    summary = dict(csv.reader((workdir / "results/lmdb/test_check/summary.csv").open()))
-    assert summary["records"] == "128" and summary["grayscale_images"] == "1"
-    assert summary["images_without_boxes"] == "2" and int(summary["difficult_boxes"]) == 10
+    assert "copied by layer name" in (workdir / "logs/train/train.log").read_text()

@@ -145,3 +145,26 @@ def shicai_input(pixels_rgb: np.ndarray, pad_with_grey: bool = False) -> np.ndar
 def relative_difference(value: np.ndarray, reference: np.ndarray) -> float:
     """max |value - reference| / max |reference|."""
     return float(np.abs(value - reference).max() / np.abs(reference).max())
+
+
+def calibrated_mobilenet_v2(coco_mini_dir: Path, width: float = 1.0, seed: int = 0, size: int = 160):
+    """Random weights whose BatchNorm statistics are measured on real images, as a trained net's are.
+
+    The perturbed statistics of ``torchvision_mobilenet_v2`` make a net that amplifies any rounding by
+    orders of magnitude (what the conversion tests want); a whole chain wants a net as well-conditioned
+    as real ImageNet weights.
+    """
+    import torch
+
+    model = torchvision_mobilenet_v2(width=width, seed=seed)
+    pixels = np.stack(coco_pixels(coco_mini_dir, size, count=16)).astype(np.float32)
+    x = (pixels / 255 - np.array(TV_MEAN, np.float32)) / np.array(TV_STD, np.float32)
+    batch = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model.features(batch)
+    return model.eval()
