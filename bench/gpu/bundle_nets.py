@@ -12,6 +12,11 @@ Writes into NETS (prototxt paths inside stay relative to the bundle's root, wher
 * ``compare.prototxt`` / ``compare_nodw.prototxt``: the train net made deterministic for the CPU/GPU
   comparison (no distortion, expansion, batch sampling or mirroring, one resize interpolation, and
   MultiBoxLoss with ``mining_type: NONE`` so that no sort of near-tied losses picks the negatives);
+* ``train_b24_nodata.prototxt``: the batch-24 train net with DummyData instead of AnnotatedData (random
+  images, no boxes: every prior is background) and ``mining_type: NONE``, for ``run_on_device.sh --cpu-only``
+  on a machine without a CUDA driver. There the CUDA build cannot start a data layer even in CPU mode (its
+  prefetch thread asks the driver for the current device), and hard-negative mining always computes the
+  confidence loss on the GPU (bbox_util.cpp: ComputeConfLossGPU unless CPU_ONLY);
 * ``kernels.prototxt`` / ``kernels_nodw.prototxt``: a small well-conditioned net of only the layers whose
   CUDA kernels never ran on a GPU (depthwise 3x3 at stride 1 and 2, pad 1 and 0, odd and even sizes down
   to 1x1, with and without bias; ReLU6 in place and not, its inputs crossing 0 and 6) between a Scale and
@@ -158,6 +163,28 @@ def kernel_net(batch: int = 4, channels: int = 24, size: int = 38):
     return net
 
 
+def without_data_layer(net, batch: int):
+    """The train net fed by DummyData: images ~ N(0, 0.5) at 300x300, one label row of -1 (no box), no mining."""
+    from caffe.proto import caffe_pb2
+
+    data = data_layer(net)
+    size = data.transform_param.resize_param.height or 300
+    copy = caffe_pb2.NetParameter(name=net.name)
+    dummy = copy.layer.add(name="data", type="DummyData", top=list(data.top))
+    for shape, filler in (((batch, 3, size, size), ("gaussian", 0.0, 0.5)), ((1, 1, 1, 8), ("constant", -1.0, 0))):
+        dummy.dummy_data_param.shape.add(dim=list(shape))
+        added = dummy.dummy_data_param.data_filler.add(type=filler[0])
+        if filler[0] == "gaussian":
+            added.mean, added.std = filler[1], filler[2]
+        else:
+            added.value = filler[1]
+    copy.layer.extend(layer for layer in net.layer if layer.type != "AnnotatedData")
+    for layer in copy.layer:
+        if layer.type == "MultiBoxLoss":
+            layer.multibox_loss_param.mining_type = caffe_pb2.MultiBoxLossParameter.NONE
+    return copy
+
+
 def solver_template(generated, **overrides) -> str:
     """A solver for one train net, no test net; @NET@, @PREFIX@ and @MAX_ITER@ are filled in at run time."""
     from caffe.proto import caffe_pb2
@@ -198,6 +225,7 @@ def main(args: argparse.Namespace) -> int:
         write(f"train_b{batch}.prototxt", with_batch(train, batch))
         variant, depthwise = without_depthwise_kernels(with_batch(train, batch))
         write(f"train_b{batch}_nodw.prototxt", variant)
+    write("train_b24_nodata.prototxt", without_data_layer(train, 24))
     compare = deterministic(train, args.compare_batch)
     write("compare.prototxt", compare)
     write("compare_nodw.prototxt", without_depthwise_kernels(compare)[0])

@@ -29,7 +29,7 @@ while [ "$#" -gt 0 ]; do
   case "$1" in
     --jobs) jobs=${2:?--jobs needs a number}; shift ;;
     --dataset) dataset=${2:?--dataset needs a folder}; shift ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -115,7 +115,6 @@ log "labelmap, LMDB and nets with the project's scripts"
   --out-deploy "$build/work/model/deploy.prototxt" --out-solver "$build/work/model/solver.prototxt" \
   --config-out "$build/work/model/model_config.json" >&2)
 "${with_caffe[@]}" python "$here/bundle_nets.py" --model-dir "$build/work/model" --out "$stage/nets" >&2
-cp "$build/work/model/solver.prototxt" "$stage/nets/generated_solver.prototxt"
 if grep -rl "$build\|$repo\|$dataset" "$stage/nets" > /dev/null; then
   die "a net names an absolute path of this machine: $(grep -rl "$build\|$repo\|$dataset" "$stage/nets" | head -n 3)"
 fi
@@ -123,7 +122,7 @@ fi
 # ---------------------------------------------------------------- 5. binaries and their libraries
 cp "$cuda_prefix/bin/caffe" "$stage/bin/caffe"
 cp "$cuda_prefix/lib/libcaffe.so" "$stage/lib/libcaffe.so"
-system_re='^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux.*|libmvec|linux-vdso)\.so'
+system_re='^(libc|libm|libdl|libpthread|librt|libresolv|libutil|libnsl|libanl|libstdc\+\+|libgcc_s|ld-linux.*|libmvec|linux-vdso)\.so'
 not_carried_re='^(libcublas|libcublasLt|libcurand|libcuda|libnvidia-)[.-]'
 resolve_path="$opencv_lib:$cuda_lib_dir"
 ldd_deps() {  # NAME PATH for each library the given ELF files load
@@ -143,11 +142,14 @@ patchelf --set-rpath '$ORIGIN/../lib' "$stage/bin/caffe"
 for lib in "$stage"/lib/*.so*; do patchelf --set-rpath '$ORIGIN' "$lib"; done
 
 # Check: with only the cuBLAS/cuRAND folder on the path, everything else resolves inside the bundle.
+stage_real=$(readlink -m "$stage")
+cuda_lib_real=$(readlink -m "$cuda_lib_dir")
 while read -r soname path; do
   [[ "$soname" =~ $system_re ]] && continue
+  path=$(readlink -m "$path")
   case "$path" in
-    "$stage"/lib/*) ;;
-    "$cuda_lib_dir"/*) [[ "$soname" =~ $not_carried_re ]] || die "$soname resolves to $path, not into the bundle" ;;
+    "$stage_real"/lib/*) ;;
+    "$cuda_lib_real"/*) [[ "$soname" =~ $not_carried_re ]] || die "$soname resolves to $path, not into the bundle" ;;
     *) die "$soname resolves to $path, not into the bundle" ;;
   esac
 done < <(env -i PATH="$PATH" LD_LIBRARY_PATH="$cuda_lib_dir" ldd "$stage/bin/caffe" "$stage"/lib/*.so* \

@@ -131,6 +131,9 @@ def main(args: argparse.Namespace) -> int:
     out = args.out
     results: dict = {"cpu_only": args.cpu_only, "threads": args.threads, "elapsed_s": args.elapsed,
                      "device": device_info(out), "steps": [], "caffe_time": {}, "caffe_train": {}, "compare": {}}
+    notes = out / "notes.txt"
+    if notes.is_file():
+        results["notes"] = notes.read_text().splitlines()
     steps = out / "steps.tsv"
     if steps.is_file():
         with steps.open() as handle:
@@ -162,6 +165,8 @@ def main(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     print(f"results: {out / 'results.json'} ({'CPU only' if args.cpu_only else 'GPU'} run, {args.elapsed:.0f} s)")
+    for note in results.get("notes", []):
+        print(f"  note: {note}")
     for step in results["steps"]:
         print(f"  {step['step']:28s} {step['status']:22s} {step['seconds']:>5s} s")
     for name, report in results["compare"].items():

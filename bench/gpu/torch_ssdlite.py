@@ -96,8 +96,8 @@ def main(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(results, indent=1) + "\n")
 
     status = 0
-    for batch in args.batches:
-        for mode in args.modes:
+    for mode in args.modes:  # every batch eager first: compilation may use up the time
+        for batch in args.batches:
             entry = {"batch": batch, "mode": mode}
             results["runs"].append(entry)
             try:
