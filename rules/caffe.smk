@@ -5,10 +5,8 @@
 rule caffe_build:
     """Build the project's Caffe-SSD (pinned sdist + caffe/patches) into the shared build cache."""
     input:
-        source=os.path.join(workflow.basedir, "caffe", "source.json"),
-        patches=sorted(
-            glob.glob(os.path.join(workflow.basedir, "caffe", "patches", "*.patch"))
-        ),
+        source=workflow_file("caffe", "source.json"),
+        patches=sorted(glob.glob(workflow_file("caffe", "patches", "*.patch"))),
     output:
         manifest=CAFFE_MANIFEST,
     log:

@@ -16,6 +16,14 @@ TRAIN = config["train"]
 EVALUATE = config["evaluate"]
 EXPORT = config["export"]
 
+
+def workflow_file(*parts):
+    """A file of the checkout, relative to the working directory: `caffe/source.json` when Snakemake runs in
+    the checkout (so that a copied checkout keeps its results), a longer path under --directory.
+    """
+    return os.path.relpath(os.path.join(workflow.basedir, *parts))
+
+
 # --- paths between stages -----------------------------------------------------------------------
 CAFFE_MANIFEST = "resources/caffe/manifest.json"
 SPLIT_INSTANCES = "results/data/{split}/instances.json"
