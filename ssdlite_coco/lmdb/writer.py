@@ -253,8 +253,8 @@ def _count_written(counts: collections.Counter, result: _ReadResult) -> None:
         counts["reencoded_images" if result.change.startswith("re-encoded") else "exif_orientation_removed"] += 1
 
 
-def _build_report(instances, images_dir, labelmap, options: BuildOptions, num_images: int, writer, counts, bad):
-    """The build report, less what the written records add (``records``, ``image_ids``)."""
+def _build_report(instances, images_dir, labelmap, options: BuildOptions, num_images, written_ids, writer, counts, bad):
+    """The build report (JSON): inputs, options, what was written and what was skipped."""
     return {
         "instances": str(instances),
         "images_dir": str(images_dir),
@@ -266,12 +266,13 @@ def _build_report(instances, images_dir, labelmap, options: BuildOptions, num_im
             "shuffle_seed": options.shuffle_seed,
         },
         "images_in_annotation_file": num_images,
-        "records": None,  # filled in by the caller
+        "records": len(written_ids),
         "map_size": writer.map_size,
         "map_size_grown": writer.grown,
         "counts": {key: counts[key] for key in sorted(counts)},
         "bad_records": {kind: n for kind, n in sorted(collections.Counter(b.kind for b in bad).items())},
         "bad_record_messages": [b.message for b in bad],
+        "image_ids": written_ids,
     }
 
 
@@ -338,8 +339,9 @@ def build_lmdb(
             raise LmdbBuildError(
                 f"{instances}: no image could be written to the LMDB ({len(bad)} bad records); check the split"
             )
-        report = _build_report(instances, images_dir, labelmap, options, len(coco["images"]), writer, counts, bad)
-        report = report | {"records": len(written_ids), "image_ids": written_ids}
+        report = _build_report(
+            instances, images_dir, labelmap, options, len(coco["images"]), written_ids, writer, counts, bad
+        )
         atomic_write_text(out_report, json.dumps(report, indent=1) + "\n")
     return report
 
