@@ -79,9 +79,9 @@ include: "rules/report.smk"
 
 
 rule all:
-    """The whole chain: checked LMDBs, trained and evaluated model, deploy export, report figures."""
+    """The whole chain: checked LMDBs, trained and evaluated model, deploy export and its INT8 cost, report figures."""
     input:
         expand("results/lmdb/{split}_check", split=["trainval", "test"]),
         "results/evaluate/metrics.json",
-        EXPORT_VERIFY,
-        "results/report/loss.png",
+        EXPORT_TARGETS,
+        REPORT_TARGETS,

@@ -60,6 +60,13 @@ METRICS_JSON = "results/evaluate/metrics.json"
 EXPORT_DIR = "results/export"
 EXPORT_WEIGHTS = f"{EXPORT_DIR}/caffe/deploy.caffemodel"
 EXPORT_VERIFY = f"{EXPORT_DIR}/verify.json"
+EXPORT_INT8_DIR = f"{EXPORT_DIR}/int8"
+EXPORT_INT8 = f"{EXPORT_INT8_DIR}/int8.json"
+# The default target asks the export stage for the checked export and, unless export.int8 is off, INT8 models.
+EXPORT_TARGETS = [EXPORT_VERIFY] + ([EXPORT_INT8] if EXPORT["int8"] else [])
+REPORT_TARGETS = ["results/report/loss.png", "results/report/export.html"] + (
+    ["results/report/int8.html"] if EXPORT["int8"] else []
+)
 
 # What the test net reads on the test split: inputs and flags of rules evaluate and check_initial_weights.
 TEST_SPLIT_INPUTS = {
@@ -192,3 +199,13 @@ def initial_weights_flag(wildcards, input):
 def export_out_dir(wildcards, output):
     """The folder of rule export's outputs (that of verify.json)."""
     return os.path.dirname(output.verify)
+
+
+def export_dir_of(wildcards, input):
+    """The folder of rule export's outputs, as rule export_int8 reads them (that of verify.json)."""
+    return os.path.dirname(input.verify)
+
+
+def int8_out_dir(wildcards, output):
+    """The folder of rule export_int8's outputs (that of int8.json)."""
+    return os.path.dirname(output.summary)

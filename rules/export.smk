@@ -13,6 +13,8 @@ rule export:
         instances=TEST_INSTANCES,
         images=TEST_IMAGES,
         labelmap=LABELMAP_FILE,
+        calibration_instances=SPLIT_INSTANCES.format(split="trainval"),
+        calibration_images=SPLIT_IMAGES.format(split="trainval"),
     output:
         prototxt=f"{EXPORT_DIR}/caffe/deploy.prototxt",
         weights=EXPORT_WEIGHTS,
@@ -47,6 +49,50 @@ rule export:
         " --images {input.images} --labelmap {input.labelmap} --out-dir {params.out_dir}"
         " --check-images {params.check_images} --fold-tolerance {params.fold_tolerance}"
         " --calibration-images {params.calibration_images} --verify-images {params.verify_images}"
+        " --calibration-instances {input.calibration_instances}"
+        " --calibration-images-dir {input.calibration_images}"
         " --tolerance {params.tolerance} --ap-tolerance {params.ap_tolerance}"
         " --latency-runs {params.latency_runs} --score-threshold {params.score_threshold}"
         " --threads {threads}"
+
+
+rule export_int8:
+    """INT8 models of the head-only export (ONNX Runtime QDQ, MNN), evaluated like the FP32 export."""
+    input:
+        caffe=CAFFE_MANIFEST,
+        verify=EXPORT_VERIFY,
+        onnx=f"{EXPORT_DIR}/onnx/heads.onnx",
+        heads_prototxt=f"{EXPORT_DIR}/caffe-heads/heads.prototxt",
+        heads_weights=f"{EXPORT_DIR}/caffe-heads/heads.caffemodel",
+        priors=f"{EXPORT_DIR}/caffe-heads/priors.npy",
+        decode=f"{EXPORT_DIR}/caffe-heads/decode.json",
+        calibration=f"{EXPORT_DIR}/calibration",
+        deploy_net=DEPLOY_NET,
+        test_net=TEST_NET,
+        instances=TEST_INSTANCES,
+        images=TEST_IMAGES,
+        labelmap=LABELMAP_FILE,
+    output:
+        summary=EXPORT_INT8,
+        table=f"{EXPORT_INT8_DIR}/int8.md",
+        models=directory(f"{EXPORT_INT8_DIR}/models"),
+    log:
+        "logs/export/export_int8.log",
+    conda:
+        "../envs/export.yaml"
+    threads: rule_threads(config, "export_int8")
+    params:
+        export_dir=export_dir_of,
+        out_dir=int8_out_dir,
+        variants=EXPORT["int8_variants"],
+        max_ap_drop=EXPORT["int8_max_ap_drop"],
+        verify_images=EXPORT["verify_images"],
+        latency_runs=EXPORT["latency_runs"],
+        score_threshold=EVALUATE["report_score_threshold"],
+    shell:
+        "logged {log} with-caffe --threads {threads} export_int8.py --export-dir {params.export_dir}"
+        " --deploy-net {input.deploy_net} --test-net {input.test_net} --instances {input.instances}"
+        " --images {input.images} --labelmap {input.labelmap} --out-dir {params.out_dir}"
+        " --variants {params.variants} --max-ap-drop {params.max_ap_drop}"
+        " --verify-images {params.verify_images} --latency-runs {params.latency_runs}"
+        " --score-threshold {params.score_threshold} --threads {threads}"

@@ -38,3 +38,45 @@ rule plot_report:
         " --num-images {params.num_images} --score-threshold {params.score_threshold}"
         " --loss-png {output.loss} --metrics-html {output.metrics}"
         " --detections-image {output.detections}"
+
+
+rule report_export:
+    """The export check in every runtime, as a table of the HTML report."""
+    input:
+        verify=EXPORT_VERIFY,
+    output:
+        page=report(
+            "results/report/export.html",
+            caption="../report/export.rst",
+            category="Export",
+        ),
+    log:
+        "logs/report/report_export.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "logged {log} export_report.py --verify {input.verify} --export-html {output.page}"
+
+
+rule report_int8:
+    """What INT8 costs per runtime and calibration: table and AP-latency plot of the HTML report."""
+    input:
+        summary=EXPORT_INT8,
+    output:
+        page=report(
+            "results/report/int8.html",
+            caption="../report/int8.rst",
+            category="Export",
+        ),
+        plot=report(
+            "results/report/int8.png",
+            caption="../report/int8.rst",
+            category="Export",
+        ),
+    log:
+        "logs/report/report_int8.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "logged {log} export_report.py --int8 {input.summary} --int8-html {output.page}"
+        " --int8-png {output.plot}"

@@ -34,6 +34,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="largest output difference allowed after folding, relative to the output's magnitude (at least 1)",
     )
     parser.add_argument("--calibration-images", type=int, default=schema_default("export.calibration_images"))
+    parser.add_argument(
+        "--calibration-instances",
+        type=Path,
+        help="COCO instances JSON of the split the calibration images come from (default: --instances)",
+    )
+    parser.add_argument("--calibration-images-dir", type=Path, help="its images folder (default: --images)")
     parser.add_argument("--verify-images", type=int, default=schema_default("export.verify_images"), help="0: all")
     parser.add_argument("--tolerance", type=float, default=schema_default("export.tolerance"))
     parser.add_argument("--ap-tolerance", type=float, default=schema_default("export.ap_tolerance"))
@@ -51,7 +57,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from ssdlite_coco.export.stage import ExportInputs, run_export
 
-    inputs = ExportInputs(args.deploy_net, args.weights, args.test_net, args.instances, args.images, args.labelmap)
+    inputs = ExportInputs(
+        args.deploy_net,
+        args.weights,
+        args.test_net,
+        args.instances,
+        args.images,
+        args.labelmap,
+        args.calibration_instances,
+        args.calibration_images_dir,
+    )
     options = {
         "fold_check_images": args.check_images,
         "fold_tolerance": args.fold_tolerance,

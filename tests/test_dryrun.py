@@ -13,7 +13,7 @@ from tests.support.workflow_run import copy_workflow, output_tail, planned_rules
 # Config files that must plan with no data present, and the rules each plan must contain.
 # config/coco.yaml is the full COCO configuration (skipped until it exists).
 DRY_RUNS = {
-    "config/config.yaml": ["caffe_build"],
+    "config/config.yaml": ["caffe_build", "export", "export_int8", "report_export", "report_int8"],
     "config/coco.yaml": ["caffe_build", "fetch_initial_weights", "convert_initial_weights", "train"],
     "config/coco-scratch.yaml": ["caffe_build", "train"],
 }
@@ -82,3 +82,14 @@ def test_a_run_from_another_working_directory_plans_the_chain(repo_root, tmp_pat
     result = run_snakemake(workdir, ["-n", "--cores", "1", "--directory", str(elsewhere)])
     assert result.returncode == 0, output_tail(result)
     assert "caffe_build" in planned_rules(result.stdout)
+
+
+def test_int8_off_leaves_its_rules_out_of_the_plan(repo_root, tmp_path):
+    workdir = copy_workflow(repo_root, tmp_path / "workflow")
+    (workdir / "no_int8.yaml").write_text("export:\n  int8: false\n")
+    args = ["-n", "--cores", "1", "--configfile", "config/config.yaml", "no_int8.yaml"]
+    result = run_snakemake(workdir, args)
+    assert result.returncode == 0, output_tail(result)
+    plan = planned_rules(result.stdout)
+    assert "export" in plan and "report_export" in plan, plan
+    assert "export_int8" not in plan and "report_int8" not in plan, plan

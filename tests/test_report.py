@@ -96,3 +96,41 @@ def test_plot_report_script_and_a_missing_input(inputs, tmp_path):
         empty = tmp_path / "empty.json"
         empty.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
         detection_grid(folder / "detections.json", empty, images, tmp_path / "x.jpg")
+
+
+def _int8_result(fp32_ap: float, int8_ap: float) -> dict:
+    from ssdlite_coco.export.int8_table import verdict_of
+
+    def row(variant, runtime, precision, ap, ms):
+        weights, calibration = ("-", "-") if precision == "fp32" else variant.split("/")[1:]
+        return {
+            "variant": variant, "runtime": runtime, "precision": precision, "weights": weights,
+            "calibration": calibration, "AP": ap, "AP50": ap + 0.2, "delta_AP": ap - fp32_ap,
+            "latency": {"median_ms": ms}, "model_bytes": 3_000_000 if precision == "int8" else 12_000_000,
+        }  # fmt: skip
+
+    rows = [row("onnxruntime/fp32", "onnxruntime", "fp32", fp32_ap, 14.0)]
+    rows.append(row("onnxruntime/per-tensor/minmax", "onnxruntime", "int8", int8_ap, 18.0))
+    layers = {"onnxruntime/per-tensor/minmax": [{"layer": "conv/depthwise", "op": "Conv", "relative_error": 2.0,
+                                                 "added_error": 1.9}]}  # fmt: skip
+    return {
+        "rows": rows, "layers": layers, "max_ap_drop": 0.01, "images": 60, "calibration": {"images": 32},
+        "threads": 1, "latency": "batch 1", "machine": {"cpu": "a CPU", "cores": 2},
+        "verdict": verdict_of(rows, layers, 0.01),
+    }  # fmt: skip
+
+
+def test_the_int8_page_and_plot_show_the_table_and_the_verdict(tmp_path):
+    from ssdlite_coco.report.export_pages import int8_html, plot_int8
+
+    for name, int8_ap in (("over", 0.13), ("within", 0.369)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(_int8_result(0.37, int8_ap)))
+        int8_html(tmp_path / f"{name}.json", tmp_path / f"{name}.html")
+        plot_int8(tmp_path / f"{name}.json", tmp_path / f"{name}.png")
+        assert Image.open(tmp_path / f"{name}.png").size[0] > 400
+    over, within = (tmp_path / "over.html").read_text(), (tmp_path / "within.html").read_text()
+    assert "class='warning'" in over and "costs more than export.int8_max_ap_drop" in over and "-0.2400" in over
+    assert "class='warning'" not in within and "is within export.int8_max_ap_drop" in within
+    assert "conv/depthwise" in over and "per-tensor" in over and "3.00" in over
+    with pytest.raises(ReportError, match="missing.json: cannot read the INT8 results"):
+        int8_html(tmp_path / "missing.json", tmp_path / "x.html")

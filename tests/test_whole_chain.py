@@ -58,9 +58,16 @@ FINAL_OUTPUTS = [
     "results/export/fold_check.json",
     "results/export/verify.json",
     "results/export/verify.md",
+    "results/export/int8/int8.json",
+    "results/export/int8/int8.md",
+    "results/export/int8/models/onnxruntime-per-channel-minmax.onnx",
+    "results/export/int8/models/mnn-per-channel-kl.mnn",
     "results/report/loss.png",
     "results/report/metrics.html",
     "results/report/detections.jpg",
+    "results/report/export.html",
+    "results/report/int8.html",
+    "results/report/int8.png",
     "results/config.effective.yaml",
 ]
 
@@ -134,6 +141,7 @@ def test_whole_chain_on_real_coco_images(repo_root, coco_mini_dir, tmp_path):
         "model": {"width": 0.35, "train_batch_size": 4, "test_batch_size": 8},
         "solver": {"max_iter": 6, "steps": [4, 5], "snapshot": 3, "test_interval": 3, "display": 1},
         "evaluate": {"report_images": 4},
+        "export": {"int8_variants": ["onnxruntime/per-channel/minmax", "mnn/per-channel/kl"]},
     }
     (workdir / "coco_mini.yaml").write_text(yaml.safe_dump(config))
     # Over the demo's settings (seeded solver, two training threads), then this file's: a user config alone

@@ -6,7 +6,8 @@ Under ``results/export/``:
   (``ssdlite_coco.export.rewrite``); ``fold_check.json``: folded against unfolded in pycaffe;
 * ``caffe-heads/heads.{prototxt,caffemodel}``, ``priors.npy``, ``decode.json`` (``export.heads``);
 * ``onnx/heads.onnx`` (``export.onnx_heads``);
-* ``preprocess.json``, ``calibration/`` (N test images as the nets take them, ``.npy`` + ``list.txt``);
+* ``preprocess.json``, ``calibration/`` (N images of the calibration split, training in the workflow, as the
+  nets take them, ``.npy`` + ``list.txt``);
 * ``verify.json`` and ``verify.md``: every runtime against pycaffe (``export.verify``).
 """
 

@@ -6,7 +6,8 @@ as ``[N, 6]`` rows ``label, score, xmin, ymin, xmax, ymax``, whatever its native
 * pycaffe: DetectionOutput ``[1, 1, N, 7]`` (image index first; one row of -1 when nothing is found);
 * OpenCV DNN (``cv2.dnn.readNetFromCaffe``): ``[1, 1, keep_top_k, 7]``, padded with rows of zeros;
 * MNN (its Caffe converter, PriorBox and DetectionOutput included): ``[1, 1, N, 6]``, no image index;
-* ONNX Runtime: the head-only ``heads.onnx``, decoded by ``decode_detections``.
+* ONNX Runtime: the head-only ``heads.onnx``, decoded by ``decode_detections``;
+* MNN heads: a head-only ``.mnn`` (FP32 or INT8, see ``export.quantize``), decoded the same way.
 
 ``latency()`` times what a user calls per image (the full net, or heads plus decode). MNN's converter is
 called through its extension module ``_tools``: the ``mnnconvert`` console script pip-installs a
@@ -207,6 +208,22 @@ class OnnxRuntime:
     def infer(self, array: np.ndarray) -> Outputs:
         loc, scores = self.session.run([LOC, SCORES], {self.input: array[None]})
         loc, scores = loc.reshape(-1, 4), scores.reshape(-1, scores.shape[-1])
+        return Outputs(loc, scores, decode_detections(loc, scores, self.priors, self.settings))
+
+    def latency(self, array: np.ndarray, runs: int) -> dict[str, float]:
+        return time_call(lambda: self.infer(array), runs)
+
+
+class MnnHeadsRuntime:
+    """An MNN model of the head-only net (FP32 or INT8), decoded by ``decode_detections``."""
+
+    def __init__(self, model_path: str | os.PathLike, priors: np.ndarray, settings: dict, threads: int):
+        self.session = _MnnSession(Path(model_path), threads)
+        self.priors, self.settings = priors, settings
+
+    def infer(self, array: np.ndarray) -> Outputs:
+        loc, scores = self.session.run(array, [LOC, SCORES])
+        loc, scores = loc.reshape(-1, 4), scores.reshape(-1, self.settings["num_classes"])
         return Outputs(loc, scores, decode_detections(loc, scores, self.priors, self.settings))
 
     def latency(self, array: np.ndarray, runs: int) -> dict[str, float]:

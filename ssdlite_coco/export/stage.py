@@ -26,10 +26,13 @@ class ExportInputs:
     instances: Path | None
     images: Path
     labelmap: Path | None = None
+    # The split the calibration images come from (the training split in the workflow; default: the test split).
+    calibration_instances: Path | None = None
+    calibration_images: Path | None = None
 
 
-def test_images(instances: Path, images_dir: Path, limit: int = 0) -> list[ImageCase]:
-    """The test split's images by image id (``limit`` > 0 keeps the first ``limit``)."""
+def split_images(instances: Path, images_dir: Path, limit: int = 0) -> list[ImageCase]:
+    """A split's images by image id (``limit`` > 0 keeps the first ``limit``)."""
     records = sorted(json.loads(instances.read_text())["images"], key=lambda image: image["id"])
     chosen = records[:limit] if limit > 0 else records
     return [ImageCase(images_dir / r["file_name"], r["id"], int(r["height"]), int(r["width"])) for r in chosen]
@@ -65,7 +68,7 @@ def run_export(inputs: ExportInputs, out_dir: Path, options: dict[str, Any], log
     log(f"folded {len(deploy['folded'])} Convolution+BatchNorm(+Scale) chains; {len(deploy['rewrites'])} rewrites")
     for rewrite in deploy["rewrites"]:
         log(f"  rewrite {rewrite.layer}: {rewrite.detail}")
-    fold_images = [image.path for image in test_images(inputs.instances, inputs.images, options["fold_check_images"])]
+    fold_images = [image.path for image in split_images(inputs.instances, inputs.images, options["fold_check_images"])]
     fold = check_folding(inputs.deploy_net, inputs.weights, *paths.deploy, fold_images, **_transform_args(transform))
     fold.update(tolerance=options["fold_tolerance"], folded=[vars(f) for f in deploy["folded"]])
     fold.update(rewrites=[vars(r) for r in deploy["rewrites"]], images=[str(p) for p in fold_images])
@@ -78,12 +81,16 @@ def run_export(inputs: ExportInputs, out_dir: Path, options: dict[str, Any], log
         )
     heads = make_heads(deploy, paths, str(inputs.deploy_net))
     write_preprocess(transform, inputs.deploy_net, heads, out_dir / "preprocess.json")
-    calibration = test_images(inputs.instances, inputs.images, options["calibration_images"])
+    calibration = split_images(
+        inputs.calibration_instances or inputs.instances,
+        inputs.calibration_images or inputs.images,
+        options["calibration_images"],
+    )
     count = write_calibration(
         [image.path for image in calibration], transform, (height, width), out_dir / "calibration"
     )
-    log(f"calibration: {count} preprocessed test images")
-    images = test_images(inputs.instances, inputs.images, options.get("verify_images", 0))
+    log(f"calibration: {count} preprocessed images of {inputs.calibration_instances or inputs.instances}")
+    images = split_images(inputs.instances, inputs.images, options.get("verify_images", 0))
     scorer = coco_scorer(inputs.instances, inputs.labelmap, images) if inputs.labelmap else None
     reference = PycaffeRuntime(
         None,

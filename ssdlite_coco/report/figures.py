@@ -7,17 +7,17 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
 from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.report.html_page import fmt, html_page
 
 
 class ReportError(SsdliteError):
     """An input of the report cannot be read; the message names the file and the fix."""
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +26,7 @@ def _pyplot():
     return plt
 
 
-def _save(figure, out_path: str | os.PathLike, dpi: int = 110) -> None:
+def save_figure(figure, out_path: str | os.PathLike, dpi: int = 110) -> None:
     """PNG, or JPEG where the name ends in .jpg (photos: a tenth of the size in the HTML report)."""
     photo = str(out_path).lower().endswith((".jpg", ".jpeg"))
     with atomic_path(out_path) as tmp:
@@ -40,7 +40,7 @@ def plot_loss(train_log_csv: str | os.PathLike, out_png: str | os.PathLike, smoo
     """Training loss (raw and running mean), learning rate and the test nets' detection_eval over iterations."""
     import pandas as pd
 
-    plt = _pyplot()
+    plt = pyplot()
     try:
         frame = pd.read_csv(train_log_csv)
     except (OSError, ValueError) as error:
@@ -70,14 +70,8 @@ def plot_loss(train_log_csv: str | os.PathLike, out_png: str | os.PathLike, smoo
     eval_axis.set_ylabel("detection_eval\n(VOC AP@0.5)")
     eval_axis.set_xlabel("iteration")
     eval_axis.grid(alpha=0.3)
-    _save(figure, out_png)
+    save_figure(figure, out_png)
     plt.close(figure)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if (math.isnan(value) or value < 0) else f"{value:.3f}"
-    return html.escape(str(value))
 
 
 def metrics_html(metrics_json: str | os.PathLike, out_html: str | os.PathLike) -> None:
@@ -88,27 +82,21 @@ def metrics_html(metrics_json: str | os.PathLike, out_html: str | os.PathLike) -
         raise ReportError(f"{metrics_json}: cannot read the metrics JSON ({error})") from None
     stats = metrics["stats"]
     head = "".join(f"<th>{html.escape(name)}</th>" for name in stats)
-    values = "".join(f"<td>{_fmt(value)}</td>" for value in stats.values())
+    values = "".join(f"<td>{fmt(value)}</td>" for value in stats.values())
     classes = "".join(
-        f"<tr><td>{row['category_id']}</td><td>{html.escape(row['name'])}</td><td>{_fmt(row['AP'])}</td>"
-        f"<td>{_fmt(row['AP50'])}</td><td>{row['num_gt']}</td></tr>"
+        f"<tr><td>{row['category_id']}</td><td>{html.escape(row['name'])}</td><td>{fmt(row['AP'])}</td>"
+        f"<td>{fmt(row['AP50'])}</td><td>{row['num_gt']}</td></tr>"
         for row in sorted(metrics["per_class"], key=lambda row: -row["AP"])
     )
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>mAP</title>
-<style>body{{font-family:sans-serif}} table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #bbb;padding:2px 8px;text-align:right}} th{{background:#eee}}</style></head>
-<body>
-<h2>COCO bbox metrics ({metrics.get("num_images", "?")} test images,
+    body = f"""<h2>COCO bbox metrics ({metrics.get("num_images", "?")} test images,
 {metrics.get("num_detections", "?")} detections)</h2>
 <table><tr>{head}</tr><tr>{values}</tr></table>
 <p>Caffe <code>detection_eval</code> (VOC 11-point AP@0.5, the solver's test metric):
-<b>{_fmt(metrics.get("detection_eval"))}</b></p>
+<b>{fmt(metrics.get("detection_eval"))}</b></p>
 <h2>AP per class</h2>
 <table><tr><th>category id</th><th>name</th><th>AP</th><th>AP50</th><th>ground-truth boxes</th></tr>{classes}</table>
-</body></html>
 """
-    atomic_write_text(out_html, page)
+    atomic_write_text(out_html, html_page("mAP", body))
 
 
 def detection_grid(
@@ -123,7 +111,7 @@ def detection_grid(
     """Detections above ``score_threshold`` (red, with class and score) and ground truth (green) on test images."""
     from PIL import Image
 
-    plt = _pyplot()
+    plt = pyplot()
     try:
         detections = json.loads(Path(detections_json).read_text())
         instances = json.loads(Path(instances_json).read_text())
@@ -169,5 +157,5 @@ def detection_grid(
             )
         axis.set_title(f"image {image['id']}: {len(shown)} detections", fontsize=9)
     figure.suptitle(f"Detections with score >= {score_threshold} (red) and ground truth (green)")
-    _save(figure, out_image, dpi=90)
+    save_figure(figure, out_image, dpi=90)
     plt.close(figure)

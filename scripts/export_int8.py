@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Quantize the head-only export to INT8 (ONNX Runtime static QDQ, MNN's offline quantizer) on the
+calibration images, evaluate every model on the test images like the FP32 export, and say what INT8
+costs against the AP budget (results/export/int8/)."""
+
+import argparse
+import os
+from pathlib import Path
+
+from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.config import schema_default
+
+os.environ.setdefault("GLOG_minloglevel", "1")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--export-dir", required=True, type=Path, help="results/export (the export rule's outputs)")
+    parser.add_argument("--deploy-net", required=True, type=Path, help="results/model/deploy.prototxt")
+    parser.add_argument("--test-net", required=True, type=Path, help="test prototxt: its data layer's transform")
+    parser.add_argument("--instances", required=True, type=Path, help="COCO instances JSON of the test split")
+    parser.add_argument("--images", required=True, type=Path, help="images folder of the test split")
+    parser.add_argument("--labelmap", required=True, type=Path, help="labelmap.prototxt")
+    parser.add_argument("--out-dir", required=True, type=Path, help="results/export/int8")
+    parser.add_argument(
+        "--calibration", type=Path, help="calibration folder (list.txt + .npy); default: EXPORT_DIR/calibration"
+    )
+    parser.add_argument("--variants", nargs="+", default=schema_default("export.int8_variants"))
+    parser.add_argument("--max-ap-drop", type=float, default=schema_default("export.int8_max_ap_drop"))
+    parser.add_argument("--verify-images", type=int, default=schema_default("export.verify_images"), help="0: all")
+    parser.add_argument("--latency-runs", type=int, default=schema_default("export.latency_runs"))
+    parser.add_argument("--score-threshold", type=float, default=schema_default("evaluate.report_score_threshold"))
+    parser.add_argument("--threads", type=int, default=1, help="threads of every runtime (the rule's threads)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    import sys
+
+    from ssdlite_coco.export.int8 import Int8Inputs, run_int8
+
+    inputs = Int8Inputs(
+        args.export_dir, args.deploy_net, args.test_net, args.instances, args.images, args.labelmap, args.calibration
+    )
+    options = {
+        "variants": args.variants,
+        "max_ap_drop": args.max_ap_drop,
+        "verify_images": args.verify_images,
+        "latency_runs": args.latency_runs,
+        "score_threshold": args.score_threshold,
+        "threads": args.threads,
+    }
+    verdict = run_int8(inputs, args.out_dir, options)["verdict"]
+    if verdict["over_budget"] or verdict["failed"]:
+        print(f"warning: {verdict['message']} ({args.out_dir / 'int8.md'})", file=sys.stderr, flush=True)
+    else:
+        print(verdict["message"], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())

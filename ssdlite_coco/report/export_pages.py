@@ -1,0 +1,134 @@
+"""The export in the report: every runtime against pycaffe (``verify.json``) and what INT8 costs (``int8.json``)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ssdlite_coco.common.atomic import atomic_write_text
+from ssdlite_coco.report.figures import ReportError, pyplot, save_figure
+from ssdlite_coco.report.html_page import fmt, html_page, html_table
+
+
+def _read(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path}: cannot read the {what} ({error}); re-run the export rules") from None
+
+
+def _machine(result: dict[str, Any]) -> str:
+    host = result["machine"]
+    return html.escape(f"{result['latency']}, {result['threads']} thread(s), {host['cpu']} ({host['cores']} cores)")
+
+
+def export_html(verify_json: str | os.PathLike, out_html: str | os.PathLike) -> None:
+    """The runtime table of the export check."""
+    verify = _read(verify_json, "export check")
+    rows = []
+    for row in verify["rows"]:
+        if not row["loads"]:
+            rows.append([html.escape(row["runtime"]), "no: " + html.escape(row["error"])] + [""] * 6)
+            continue
+        rows.append(
+            [
+                html.escape(row["runtime"]),
+                "yes",
+                f"{row['loc_max_difference']:.2g}",
+                f"{row['scores_max_difference']:.2g}",
+                f"{row['matched']} / {row['reference_detections']}",
+                fmt(row.get("AP", "-"), 4),
+                fmt(row.get("AP50", "-"), 4),
+                f"{row['latency']['median_ms']:.1f}",
+            ]
+        )
+    header = ["runtime", "loads", "loc diff", "scores diff", "matched / pycaffe", "AP", "AP50", "median ms"]
+    failures = verify["failures"]
+    body = (
+        f"<h2>The export in every runtime, against pycaffe ({verify['images']} test images)</h2>"
+        + html_table(header, rows)
+        + f"<p>Tolerance {verify['tolerance']} on loc and scores, {verify['ap_tolerance']} on AP50; latency "
+        + _machine(verify)
+        + ".</p>"
+        + ("<p class='warning'>" + html.escape("; ".join(failures)) + "</p>" if failures else "<p>No failure.</p>")
+    )
+    atomic_write_text(out_html, html_page("Export check", body))
+
+
+def int8_html(int8_json: str | os.PathLike, out_html: str | os.PathLike) -> None:
+    """The INT8 table (runtime x precision x calibration), the verdict and the layers that lose the most."""
+    result = _read(int8_json, "INT8 results")
+    rows = [
+        [
+            html.escape(row["runtime"]),
+            row["precision"].upper(),
+            html.escape(row["weights"]),
+            html.escape(row["calibration"]),
+            fmt(row["AP"], 4),
+            fmt(row["AP50"], 4),
+            f"{row['delta_AP']:+.4f}",
+            f"{row['latency']['median_ms']:.1f}",
+            f"{row['model_bytes'] / 1e6:.2f}",
+        ]
+        for row in result["rows"]
+    ]
+    header = ["runtime", "precision", "weights", "calibration", "AP", "AP50", "ΔAP", "median ms", "MB"]
+    verdict = result["verdict"]
+    css = "warning" if verdict["over_budget"] else "ok"
+    body = (
+        f"<h2>INT8 against FP32 ({result['images']} test images, {result['calibration']['images']} calibration "
+        f"images)</h2>"
+        + html_table(header, rows)
+        + f"<p class='{css}'>{html.escape(verdict['message'])}</p><p>Latency {_machine(result)}.</p>"
+    )
+    for variant, layers in result["layers"].items():
+        layer_rows = [
+            [html.escape(layer["layer"]), layer["op"], fmt(layer["relative_error"], 4), f"{layer['added_error']:+.4f}"]
+            for layer in layers
+        ]
+        body += f"<h3>Layers that add the most error: {html.escape(variant)}</h3>"
+        body += html_table(["layer", "op", "relative error", "added"], layer_rows)
+    atomic_write_text(out_html, html_page("INT8", body))
+
+
+def plot_int8(int8_json: str | os.PathLike, out_png: str | os.PathLike) -> None:
+    """COCO AP against batch-1 latency per model, the FP32 models as stars, the AP budget as a band."""
+    result = _read(int8_json, "INT8 results")
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    colours = {"onnxruntime": "tab:blue", "mnn": "tab:orange"}
+    for row in result["rows"]:
+        marker = "*" if row["precision"] == "fp32" else "o"
+        axes.scatter(
+            row["latency"]["median_ms"],
+            row["AP"],
+            s=120 if marker == "*" else 50,
+            marker=marker,
+            color=colours.get(row["runtime"], "tab:grey"),
+        )
+        axes.annotate(
+            row["variant"],
+            (row["latency"]["median_ms"], row["AP"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    fp32 = [row["AP"] for row in result["rows"] if row["precision"] == "fp32"]
+    if fp32:
+        axes.axhspan(
+            max(fp32) - result["max_ap_drop"],
+            max(fp32),
+            color="tab:green",
+            alpha=0.12,
+            label=f"within export.int8_max_ap_drop ({result['max_ap_drop']})",
+        )
+        axes.legend(loc="lower right", fontsize=8)
+    axes.set_xlabel("batch-1 latency, ms (median, decode included)")
+    axes.set_ylabel("COCO AP (test split)")
+    axes.set_title("INT8 against FP32 (stars), per runtime and calibration")
+    axes.grid(alpha=0.3)
+    save_figure(figure, out_png)
+    plt.close(figure)
