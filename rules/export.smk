@@ -86,6 +86,7 @@ rule export_int8:
         out_dir=int8_out_dir,
         variants=EXPORT["int8_variants"],
         max_ap_drop=EXPORT["int8_max_ap_drop"],
+        activations=EXPORT["int8_activations"],
         verify_images=EXPORT["verify_images"],
         latency_runs=EXPORT["latency_runs"],
         score_threshold=EVALUATE["report_score_threshold"],
@@ -94,5 +95,6 @@ rule export_int8:
         " --deploy-net {input.deploy_net} --test-net {input.test_net} --instances {input.instances}"
         " --images {input.images} --labelmap {input.labelmap} --out-dir {params.out_dir}"
         " --variants {params.variants} --max-ap-drop {params.max_ap_drop}"
+        " --activations {params.activations}"
         " --verify-images {params.verify_images} --latency-runs {params.latency_runs}"
         " --score-threshold {params.score_threshold} --threads {threads}"

@@ -27,6 +27,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--variants", nargs="+", default=schema_default("export.int8_variants"))
     parser.add_argument("--max-ap-drop", type=float, default=schema_default("export.int8_max_ap_drop"))
+    parser.add_argument("--activations", choices=["int8", "uint8"], default=schema_default("export.int8_activations"))
     parser.add_argument("--verify-images", type=int, default=schema_default("export.verify_images"), help="0: all")
     parser.add_argument("--latency-runs", type=int, default=schema_default("export.latency_runs"))
     parser.add_argument("--score-threshold", type=float, default=schema_default("evaluate.report_score_threshold"))
@@ -45,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
     options = {
         "variants": args.variants,
         "max_ap_drop": args.max_ap_drop,
+        "activations": args.activations,
         "verify_images": args.verify_images,
         "latency_runs": args.latency_runs,
         "score_threshold": args.score_threshold,

@@ -97,6 +97,21 @@ def test_per_tensor_weights_lose_the_small_channels_next_to_an_outlier_and_the_l
     assert errors["per-channel"]["conv_a + relu_a"]["relative_error"] < 0.05
 
 
+@pytest.mark.parametrize(("activations", "dtype"), [("int8", np.int8), ("uint8", np.uint8)])
+def test_the_activation_type_is_the_one_asked_for(tmp_path, activations, dtype):
+    import onnx
+    from onnx import numpy_helper
+
+    model, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    _two_conv_model(model, outlier=1.0)
+    arrays = [np.random.default_rng(3).normal(0, 1, (1, 3, 16, 16)).astype(np.float32)]
+    quantize_onnx(model, int8, arrays, Variant("onnxruntime", "per-channel", "minmax"), activations)
+    graph = onnx.load(str(int8)).graph
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    zero_points = [constants[node.input[2]] for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert zero_points and all(point.dtype == dtype for point in zero_points)
+
+
 def test_calibration_arrays_become_the_8bit_images_they_were_made_from(tmp_path):
     import cv2
 

@@ -47,7 +47,9 @@ class Int8Inputs:
     calibration: Path | None = None  # default: export_dir/calibration
 
 
-def quantize_all(paths: ExportPaths, variants: list[Variant], arrays, transform, models_dir: Path, log) -> dict:
+def quantize_all(
+    paths: ExportPaths, variants: list[Variant], arrays, transform, models_dir: Path, activations: str, log
+) -> dict:
     """Quantize every variant into ``models_dir``: name -> {path, seconds}; the FP32 MNN heads too if needed."""
     models: dict[str, dict[str, Any]] = {ONNX_FP32: {"path": paths.onnx, "seconds": 0.0}}
     for variant in variants:
@@ -55,7 +57,7 @@ def quantize_all(paths: ExportPaths, variants: list[Variant], arrays, transform,
         out_path = models_dir / variant.file_name
         try:
             if variant.runtime == "onnxruntime":
-                quantize_onnx(paths.onnx, out_path, arrays, variant)
+                quantize_onnx(paths.onnx, out_path, arrays, variant, activations)
             else:
                 fp32_path = quantize_mnn(paths.heads, out_path, arrays, transform, variant)
                 models[MNN_FP32] = {"path": fp32_path, "seconds": 0.0}
@@ -150,7 +152,7 @@ def run_int8(inputs: Int8Inputs, out_dir: Path, options: dict[str, Any], log=pri
     variants = [Variant.parse(text) for text in options["variants"]]
     log(f"calibration: {len(arrays)} images from {calibration}")
     with atomic_path(out_dir / "models", directory=True) as models_dir:
-        models = quantize_all(paths, variants, arrays, transform, models_dir, log)
+        models = quantize_all(paths, variants, arrays, transform, models_dir, options["activations"], log)
         rows = evaluate_models(models, inputs, paths, transform, options)
         probes = probe_arrays(inputs, transform, LAYER_ERROR_IMAGES)
         layers = {
@@ -163,6 +165,7 @@ def run_int8(inputs: Int8Inputs, out_dir: Path, options: dict[str, Any], log=pri
         "layers": layers,
         "max_ap_drop": options["max_ap_drop"],
         "calibration": {"folder": str(calibration), "images": len(arrays)},
+        "onnxruntime_activations": options["activations"],
         "layer_error_images": len(probes),
         "images": len(split_images(inputs.instances, inputs.images, options["verify_images"])),
         "threads": options["threads"],

@@ -98,7 +98,8 @@ def format_int8_table(result: dict[str, Any]) -> str:
         f"{result['images']} test images through the same preprocessing, decode_detections and COCO scoring as the "
         f"FP32 export; calibrated on {result['calibration']['images']} images ({result['calibration']['folder']}); "
         f"ΔAP against the FP32 model of the same runtime; loc/scores diff and matched detections against ONNX Runtime "
-        f"FP32; latency {result['latency']}, {result['threads']} thread(s), on {host['cpu']} ({host['cores']} cores).",
+        f"FP32; ONNX Runtime INT8 with {result['onnxruntime_activations']} activations and int8 weights; latency "
+        f"{result['latency']}, {result['threads']} thread(s), on {host['cpu']} ({host['cores']} cores).",
         "",
         format_rows(result["rows"]),
         ("Over budget: " if result["verdict"]["over_budget"] else "Within budget: ") + result["verdict"]["message"],
