@@ -92,7 +92,7 @@ def quantize_onnx(
     """``model_path`` (FP32 ONNX) -> ``out_path`` (QDQ INT8), activation ranges from ``arrays``.
 
     ``activations``: ``int8`` (S8S8, what int8-only accelerators run) or ``uint8`` (U8S8, the fast path of
-    ONNX Runtime's x86 kernels: on the demo, on an AVX512-VNNI Xeon, 12.5 ms against 25 ms S8S8, 19 FP32).
+    ONNX Runtime's x86 kernels; the demo's numbers are in models/README.md, "INT8").
     """
     import onnxruntime.quantization as quantization
     from onnxruntime.quantization.shape_inference import quant_pre_process
