@@ -24,7 +24,7 @@ from ssdlite_coco.export.fold import input_shape
 from ssdlite_coco.export.int8_table import format_int8_table, verdict_of
 from ssdlite_coco.export.layer_error import layer_errors
 from ssdlite_coco.export.make import ExportPaths
-from ssdlite_coco.export.preprocess import preprocess_image, transform_settings
+from ssdlite_coco.export.preprocess import preprocess_as, transform_settings
 from ssdlite_coco.export.quantize import Int8Error, Variant, quantize_mnn, quantize_onnx, read_calibration
 from ssdlite_coco.export.runtime_check import machine, versions
 from ssdlite_coco.export.runtimes import MnnHeadsRuntime, OnnxRuntime
@@ -101,8 +101,8 @@ def _row(name: str, model: dict, tally, scored: dict, latency: dict) -> dict[str
     }
 
 
-def evaluate_models(models: dict, inputs: Int8Inputs, paths: ExportPaths, transform, options) -> list[dict]:
-    """One row per model: the test images through it, ``decode_detections`` and COCO scoring."""
+def evaluate_models(models: dict, inputs: Int8Inputs, images, paths: ExportPaths, transform, options) -> list[dict]:
+    """One row per model: ``images`` through it, ``decode_detections`` and COCO scoring (FP32 ONNX: the reference)."""
     priors = np.load(paths.priors)
     settings = json.loads(paths.decode.read_text())
     threads = options["threads"]
@@ -111,15 +111,14 @@ def evaluate_models(models: dict, inputs: Int8Inputs, paths: ExportPaths, transf
         for name, model in models.items()
         if "path" in model
     }
-    images = split_images(inputs.instances, inputs.images, options["verify_images"])
     to_coco, score = coco_scorer(inputs.instances, inputs.labelmap, images)
-    _, height, width = input_shape(inputs.deploy_net)
-    tallies, _ = run_all(
-        runtimes, runtimes[ONNX_FP32], images, transform, (height, width), options["score_threshold"], to_coco
+    input_hw = input_shape(inputs.deploy_net)[1:]
+    others = {name: runtime for name, runtime in runtimes.items() if name != ONNX_FP32}
+    tallies, reference_tally = run_all(
+        others, runtimes[ONNX_FP32], images, transform, input_hw, options["score_threshold"], to_coco
     )
-    first = preprocess_image(
-        images[0].path, height, width, transform["mean"], transform["scale"], transform["interpolation"]
-    )
+    tallies[ONNX_FP32] = reference_tally
+    first = preprocess_as(images[0].path, transform, input_hw)
     rows = []
     for name, runtime in runtimes.items():
         latency = runtime.latency(first, options["latency_runs"])
@@ -137,10 +136,9 @@ def probe_arrays(inputs: Int8Inputs, transform: dict, count: int) -> list[np.nda
     Not the calibration images: their ranges were fitted to them, so a bad calibration (one constant image)
     looks nearly lossless on itself and only shows on other images.
     """
-    _, height, width = input_shape(inputs.deploy_net)
-    settings = (transform["mean"], transform["scale"], transform["interpolation"])
+    input_hw = input_shape(inputs.deploy_net)[1:]
     images = split_images(inputs.instances, inputs.images, count)
-    return [preprocess_image(image.path, height, width, *settings)[None] for image in images]
+    return [preprocess_as(image.path, transform, input_hw)[None] for image in images]
 
 
 def run_int8(inputs: Int8Inputs, out_dir: Path, options: dict[str, Any], log=print) -> dict[str, Any]:
@@ -153,7 +151,8 @@ def run_int8(inputs: Int8Inputs, out_dir: Path, options: dict[str, Any], log=pri
     log(f"calibration: {len(arrays)} images from {calibration}")
     with atomic_path(out_dir / "models", directory=True) as models_dir:
         models = quantize_all(paths, variants, arrays, transform, models_dir, options["activations"], log)
-        rows = evaluate_models(models, inputs, paths, transform, options)
+        images = split_images(inputs.instances, inputs.images, options["verify_images"])
+        rows = evaluate_models(models, inputs, images, paths, transform, options)
         probes = probe_arrays(inputs, transform, LAYER_ERROR_IMAGES)
         layers = {
             variant.name: layer_errors(paths.onnx, models[variant.name]["path"], probes, options["threads"])[:10]
@@ -167,7 +166,7 @@ def run_int8(inputs: Int8Inputs, out_dir: Path, options: dict[str, Any], log=pri
         "calibration": {"folder": str(calibration), "images": len(arrays)},
         "onnxruntime_activations": options["activations"],
         "layer_error_images": len(probes),
-        "images": len(split_images(inputs.instances, inputs.images, options["verify_images"])),
+        "images": len(images),
         "threads": options["threads"],
         "latency": f"batch 1, median of {options['latency_runs']} runs after 5 warm-up runs, decode included",
         "machine": machine(),

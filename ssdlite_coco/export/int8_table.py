@@ -42,10 +42,6 @@ def verdict_of(rows: list[dict], layers: dict[str, list[dict]], max_ap_drop: flo
     return {"over_budget": over_budget, "failed": failed, "best": best["variant"], "message": message + failed_text}
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.2f}"
-
-
 def format_rows(rows: list[dict]) -> str:
     header = (
         "| runtime | precision | weights | calibration | AP | AP50 | AP75 | ΔAP | loc diff | scores diff "
@@ -69,7 +65,7 @@ def format_rows(rows: list[dict]) -> str:
             f"{row['scores_max_difference']:.2g}",
             f"{row['matched']} ({row['fp32_detections']})",
             f"{row['latency']['median_ms']:.1f}",
-            _megabytes(row["model_bytes"]),
+            f"{row['model_bytes'] / 1e6:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -27,7 +27,7 @@ from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
 from ssdlite_coco.export.fold import fold_deploy, input_shape, save_net
 from ssdlite_coco.export.heads import detection_output_settings, heads_net
 from ssdlite_coco.export.onnx_heads import write_heads_onnx
-from ssdlite_coco.export.preprocess import preprocess_document, preprocess_image
+from ssdlite_coco.export.preprocess import preprocess_as, preprocess_document
 from ssdlite_coco.export.rewrite import rename_duplicate_layers, rewrite_one_by_one_inputs
 
 
@@ -130,13 +130,10 @@ def write_preprocess(transform: dict[str, Any], deploy_net, heads: dict[str, Any
 
 def write_calibration(images: list[Path], transform: dict[str, Any], input_hw, out_dir: str | os.PathLike) -> int:
     """N preprocessed images as ``NNNN.npy`` (``[1, C, H, W]`` float32) and ``list.txt``."""
-    height, width = input_hw
     lines = []
     with atomic_path(out_dir, directory=True) as tmp:
         for index, path in enumerate(images):
-            array = preprocess_image(
-                path, height, width, transform["mean"], transform["scale"], transform["interpolation"]
-            )
+            array = preprocess_as(path, transform, input_hw)
             name = f"{index:04d}.npy"
             np.save(tmp / name, array[None])
             lines.append(f"{name}\t{path.name}")

@@ -84,6 +84,11 @@ def preprocess_image(
     return pixels.transpose(2, 0, 1).copy()
 
 
+def preprocess_as(image_path: str | os.PathLike, transform: dict[str, Any], input_hw: tuple[int, int]) -> np.ndarray:
+    """``preprocess_image`` with the settings of ``transform_settings`` at the net's input ``(height, width)``."""
+    return preprocess_image(image_path, *input_hw, transform["mean"], transform["scale"], transform["interpolation"])
+
+
 def preprocess_document(transform: dict[str, Any], input_shape: tuple[int, int, int]) -> dict[str, Any]:
     """``preprocess.json``: what to do to an image before any of the exported nets."""
     channels, height, width = input_shape

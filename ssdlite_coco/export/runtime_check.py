@@ -14,7 +14,7 @@ import numpy as np
 
 from ssdlite_coco.common.atomic import atomic_write_text
 from ssdlite_coco.export.make import ExportPaths
-from ssdlite_coco.export.preprocess import preprocess_image
+from ssdlite_coco.export.preprocess import preprocess_as
 from ssdlite_coco.export.runtimes import (
     CaffeHeadsRuntime,
     MnnRuntime,
@@ -107,9 +107,7 @@ def check_runtimes(
     tallies, reference_tally = run_all(
         loaded, reference, images, transform, input_hw, settings.score_threshold, to_coco
     )
-    first = preprocess_image(
-        images[0].path, *input_hw, transform["mean"], transform["scale"], transform["interpolation"]
-    )
+    first = preprocess_as(images[0].path, transform, input_hw)
     reference_row = row_of(REFERENCE, reference_tally, score, reference.latency(first, settings.latency_runs))
     rows = [reference_row]
     for name in factories:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ssdlite_coco.common.errors import SsdliteError
-from ssdlite_coco.export.preprocess import preprocess_image
+from ssdlite_coco.export.preprocess import preprocess_as
 
 MATCH_IOU = 0.5
 
@@ -105,11 +105,8 @@ def run_all(
     """Feed every image to the reference and every runtime once: a Tally per runtime (and the reference's)."""
     tallies = {name: Tally() for name in runtimes}
     reference_tally = Tally()
-    height, width = input_hw
     for image in images:
-        array = preprocess_image(
-            image.path, height, width, transform["mean"], transform["scale"], transform["interpolation"]
-        )
+        array = preprocess_as(image.path, transform, input_hw)
         truth = reference.infer(array)
         tally_image(reference_tally, truth, truth, image, threshold, to_coco)
         for name, runtime in runtimes.items():
