@@ -35,8 +35,9 @@ rule export:
     threads: rule_threads(config, "export")
     params:
         out_dir=export_out_dir,
-        check_images=EVALUATE["fold_check_images"],
-        fold_tolerance=EVALUATE["fold_tolerance"],
+        check_images=EXPORT["fold_check_images"],
+        fold_tolerance=EXPORT["fold_tolerance"],
+        fold_noise_factor=EXPORT["fold_noise_factor"],
         score_threshold=EVALUATE["report_score_threshold"],
         calibration_images=EXPORT["calibration_images"],
         verify_images=EXPORT["verify_images"],
@@ -48,6 +49,7 @@ rule export:
         " --weights {input.weights} --test-net {input.test_net} --instances {input.instances}"
         " --images {input.images} --labelmap {input.labelmap} --out-dir {params.out_dir}"
         " --check-images {params.check_images} --fold-tolerance {params.fold_tolerance}"
+        " --fold-noise-factor {params.fold_noise_factor}"
         " --calibration-images {params.calibration_images} --verify-images {params.verify_images}"
         " --calibration-instances {input.calibration_instances}"
         " --calibration-images-dir {input.calibration_images}"

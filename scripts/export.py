@@ -24,14 +24,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check-images",
         type=int,
-        default=schema_default("evaluate.fold_check_images"),
+        default=schema_default("export.fold_check_images"),
         help="test images on which the folded net is compared with the trained one",
     )
     parser.add_argument(
         "--fold-tolerance",
         type=float,
-        default=schema_default("evaluate.fold_tolerance"),
-        help="largest output difference allowed after folding, relative to the output's magnitude (at least 1)",
+        default=schema_default("export.fold_tolerance"),
+        help="floor of the folded net's allowed output difference, relative to the output's magnitude (at least 1)",
+    )
+    parser.add_argument(
+        "--fold-noise-factor",
+        type=float,
+        default=schema_default("export.fold_noise_factor"),
+        help="times the trained net's own float32 noise that the folded net and every runtime may differ by",
     )
     parser.add_argument("--calibration-images", type=int, default=schema_default("export.calibration_images"))
     parser.add_argument(
@@ -70,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
     options = {
         "fold_check_images": args.check_images,
         "fold_tolerance": args.fold_tolerance,
+        "fold_noise_factor": args.fold_noise_factor,
         "calibration_images": args.calibration_images,
         "verify_images": args.verify_images,
         "tolerance": args.tolerance,

@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from tests.support.tiny_ssd import make_tiny_world
+from tests.support.tiny_ssd import deploy_net_text, make_tiny_world
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
 from caffe.proto import caffe_pb2  # noqa: E402
 
-from ssdlite_coco.export.fold import (  # noqa: E402
-    check_folding,
-    export_deploy,
-    fold_batchnorm,
-)
+from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, read_caffemodel  # noqa: E402
+from ssdlite_coco.export.fold import export_deploy, fold_batchnorm  # noqa: E402
+from ssdlite_coco.export.fold_check import check_folding, judge_folding  # noqa: E402
 from ssdlite_coco.export.preprocess import transform_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +59,7 @@ def test_folded_and_unfolded_nets_give_the_same_detections_on_real_images(world_
         weights,
         tmp_path / "folded.prototxt",
         tmp_path / "folded.caffemodel",
+        folded,
         world.test_images[:6],
         transform["mean"],
         transform["scale"],
@@ -79,7 +78,7 @@ def test_folded_and_unfolded_nets_give_the_same_detections_on_real_images(world_
 def test_folding_changes_the_outputs_when_a_statistic_is_dropped(world_and_weights, tmp_path):
     """The check can fail: folding without the BatchNorm mean shifts the outputs far beyond 1e-4."""
     world, weights = world_and_weights
-    export_deploy(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
+    folded = export_deploy(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
     broken = caffe.Net(str(tmp_path / "folded.prototxt"), caffe.TEST, weights=str(tmp_path / "folded.caffemodel"))
     broken.params["conv1"][1].data[...] += 0.5
     broken.save(str(tmp_path / "broken.caffemodel"))
@@ -89,11 +88,85 @@ def test_folding_changes_the_outputs_when_a_statistic_is_dropped(world_and_weigh
         weights,
         tmp_path / "folded.prototxt",
         tmp_path / "broken.caffemodel",
+        folded,
         world.test_images[:2],
         transform["mean"],
         transform["scale"],
     )
     assert check["max_abs_difference"] > 1e-2
+    assert check["arithmetic"]["worst_layer"] == "conv1" and check["arithmetic"]["max_relative_error"] > 1e-2
+    failure = judge_folding(check, floor=1e-3, noise_factor=10)
+    assert failure and "conv1" in failure and "the fold is wrong" in failure
+
+
+def _fold_and_check(world, deploy_net: Path, weights: Path, folder: Path, weights_edit=None) -> dict:
+    """Fold ``weights`` of ``deploy_net``, optionally edit the folded caffemodel, and check it on 4 images."""
+    folded = export_deploy(deploy_net, weights, folder / "folded.prototxt", folder / "folded.caffemodel")
+    if weights_edit is not None:
+        net = caffe.Net(str(folder / "folded.prototxt"), caffe.TEST, weights=str(folder / "folded.caffemodel"))
+        weights_edit(net)
+        net.save(str(folder / "folded.caffemodel"))
+    transform = transform_settings(world.test_net)
+    return check_folding(
+        deploy_net,
+        weights,
+        folder / "folded.prototxt",
+        folder / "folded.caffemodel",
+        folded,
+        world.test_images[:4],
+        transform["mean"],
+        transform["scale"],
+    )
+
+
+OFFSET = 1e5  # a channel mean this far from its spread (about 1) leaves float32 two decimal digits of the signal
+
+
+def test_a_correct_fold_passes_where_batchnorm_cancellation_makes_the_trained_net_noisy(world_and_weights, tmp_path):
+    """The same real-valued net written with a 1e5 offset in every convolution's bias that BatchNorm's mean takes
+    away again: Caffe's float32 BatchNorm subtracts two numbers near 1e5 and keeps ~1e-2 of noise, as a barely
+    trained net does. The old fixed check (1e-3 relative) refused this correct fold; the new one passes it."""
+    world, weights = world_and_weights
+    deploy_net = tmp_path / "deploy_with_bias.prototxt"
+    deploy_net.write_text(deploy_net_text().replace("bias_term: false", "bias_term: true"))
+    net = caffe.Net(str(deploy_net), caffe.TEST)
+    copy_weights_by_name(net, read_caffemodel(weights))
+    for name in ("conv1", "conv2", "conv3", "conv4"):
+        net.params[name][1].data[...] = OFFSET
+        factor = float(net.params[f"{name}/bn"][2].data[0])
+        net.params[f"{name}/bn"][0].data[...] += OFFSET * factor
+    offset_weights = tmp_path / "offset.caffemodel"
+    net.save(str(offset_weights))
+
+    check = _fold_and_check(world, deploy_net, offset_weights, tmp_path)
+    old_figure = check["max_relative_difference"]  # what the old check compared with a fixed 1e-3
+    assert old_figure > 1e-3, check["per_blob_relative"]
+    assert check["reference_noise"]["max_relative_difference"] > 1e-3  # the noise is the trained net's own
+    assert check["arithmetic"]["max_relative_error"] <= check["arithmetic"]["tolerance"]
+    assert judge_folding(check, floor=1e-3, noise_factor=10) is None, check
+    assert check["tolerance"] > old_figure and check["tolerance_floor"] == 1e-3
+
+
+def test_a_well_conditioned_net_keeps_the_fixed_floor(world_and_weights, tmp_path):
+    world, weights = world_and_weights
+    check = _fold_and_check(world, world.deploy_net, weights, tmp_path)
+    assert check["reference_noise"]["max_relative_difference"] < 1e-5, check["reference_noise"]
+    assert check["arithmetic"]["max_relative_error"] < 1e-6, check["arithmetic"]
+    assert judge_folding(check, floor=1e-3, noise_factor=10) is None and check["tolerance"] == 1e-3
+
+
+def test_the_per_layer_check_catches_a_fold_error_too_small_for_the_outputs(world_and_weights, tmp_path):
+    """One output channel of one folded convolution off by 1e-4: within the end-to-end floor, not the arithmetic."""
+    world, weights = world_and_weights
+
+    def nudge_one_channel(net):
+        net.params["conv3"][0].data[0] *= 1 + 1e-4
+
+    check = _fold_and_check(world, world.deploy_net, weights, tmp_path, nudge_one_channel)
+    assert check["max_relative_difference"] < 1e-3
+    assert check["arithmetic"]["worst_layer"] == "conv3" and check["arithmetic"]["max_relative_error"] > 1e-5
+    failure = judge_folding(check, floor=1e-3, noise_factor=10)
+    assert failure and "conv3" in failure
 
 
 def test_a_batchnorm_whose_input_is_also_used_elsewhere_is_not_folded():
@@ -195,8 +268,6 @@ def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tm
 
 def test_export_of_weights_for_another_net_fails_in_one_line(world_and_weights, tmp_path):
     world, _ = world_and_weights
-    from tests.support.tiny_ssd import deploy_net_text
-
     other = tmp_path / "other.prototxt"
     other.write_text(deploy_net_text(num_classes=7))
     caffe.Net(str(other), caffe.TEST).save(str(tmp_path / "other.caffemodel"))
@@ -265,6 +336,7 @@ def test_the_generated_mobilenetv2_ssdlite_deploy_net_folds_to_the_same_outputs(
         weights,
         tmp_path / "folded.prototxt",
         tmp_path / "folded.caffemodel",
+        folded,
         world.test_images[:2],
         transform["mean"],
         transform["scale"],

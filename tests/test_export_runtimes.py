@@ -160,7 +160,10 @@ def _make_model(folder: Path, labelmap: Path, name_size: Path, instances: Path) 
 
 
 def randomize(net, seed: int) -> None:
-    """Weights like a trained net's: fillers kept, BatchNorm statistics and Scale values plausible."""
+    """Weights like a trained net's: fillers kept, BatchNorm statistics and Scale values plausible.
+
+    Call it on a net made after ``caffe.set_random_seed``: unseeded fillers give other weights at every run.
+    """
     rng = np.random.default_rng(seed)
     for name, blobs in net.params.items():
         if len(blobs) == 3 and blobs[2].data.size == 1:
@@ -181,6 +184,7 @@ def ssdlite(tmp_path_factory, coco_mini_dir):
     folder = tmp_path_factory.mktemp("ssdlite")
     world = make_tiny_world(folder / "world", coco_mini_dir)
     model = _make_model(folder / "model", world.labelmap, world.test_name_size, world.test_instances)
+    caffe.set_random_seed(11)
     net = caffe.Net(str(model / "deploy.prototxt"), caffe.TEST)
     randomize(net, 11)
     net.save(str(folder / "weights.caffemodel"))
@@ -253,6 +257,7 @@ def test_the_upstream_ssdlite_deploy_prototxt_in_every_runtime(shared_dir, ssdli
     """The published SSDLite COCO deploy net (TF-style padding slices, duplicate layer names), random weights."""
     _, model, _, images = ssdlite
     upstream = shared_dir / UPSTREAM_DEPLOY
+    caffe.set_random_seed(12)
     net = caffe.Net(str(upstream), caffe.TEST)
     randomize(net, 12)
     net.save(str(tmp_path / "upstream.caffemodel"))

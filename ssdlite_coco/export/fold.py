@@ -4,15 +4,13 @@ For a convolution ``y = W x + b`` followed by Caffe's ``BatchNorm`` (blobs: mean
 ``Scale`` (gamma, beta), inference computes ``gamma (y - mean) / sqrt(var + eps) + beta``, which is the
 convolution with ``W' = W a`` and ``b' = (b - mean) a + beta`` where ``a = gamma / sqrt(var + eps)``
 per output channel. The folded net has no BatchNorm/Scale layers left after convolutions: fewer
-layers for edge toolchains, the same outputs up to float rounding (``compare_nets`` measures it).
+layers for edge toolchains, the same outputs up to float rounding (``fold_check`` checks it).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,7 +18,6 @@ from ssdlite_coco.caffe_tools.prototxt import format_prototxt, read_net
 from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, read_caffemodel
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
 from ssdlite_coco.common.errors import SsdliteError
-from ssdlite_coco.export.preprocess import preprocess_image
 
 
 class ExportError(SsdliteError):
@@ -75,7 +72,7 @@ def fold_batchnorm(net_param, params: dict[str, list[np.ndarray]]):
         s = float(factor.reshape(-1)[0])
         s = 0.0 if s == 0 else 1.0 / s
         mean, var = mean.reshape(-1) * s, var.reshape(-1) * s
-        eps = bn.batch_norm_param.eps if bn.batch_norm_param.HasField("eps") else 1e-5
+        eps = batchnorm_eps(bn)
         if mean.size != weight.shape[0]:
             raise ExportError(
                 f"BatchNorm {bn.name!r} has {mean.size} channels but convolution {conv.name!r} "
@@ -102,6 +99,11 @@ def fold_batchnorm(net_param, params: dict[str, list[np.ndarray]]):
         skip.update(i for i in (bn_index, scale_index) if i is not None)
         folded.append(FoldedLayer(conv.name, bn.name, scale.name if scale is not None else None))
     return out, new_params, folded
+
+
+def batchnorm_eps(layer) -> float:
+    """The ``eps`` Caffe's BatchNorm adds to the variance (1e-5, its default, when unset)."""
+    return layer.batch_norm_param.eps if layer.batch_norm_param.HasField("eps") else 1e-5
 
 
 def _chain_at(layers, index: int) -> tuple[int, int | None] | None:
@@ -187,51 +189,6 @@ def export_deploy(
     return folded
 
 
-HEAD_BLOBS = ("mbox_loc", "mbox_conf_flatten", "mbox_priorbox")
-
-
-def compare_nets(reference, folded, inputs: list[np.ndarray]) -> dict[str, Any]:
-    """Largest difference of every output blob (and the SSD head blobs) over ``inputs``.
-
-    Absolute, and relative to the blob's largest magnitude (at least 1): float32 rounding differs
-    between the folded and unfolded arithmetic and grows with depth, more so where BatchNorm
-    divides by a tiny variance, so deep nets early in training differ by more than 1e-4 in absolute
-    terms while a folding error shows as a difference of the order of the values themselves.
-    """
-    input_name = reference.inputs[0]
-    names = [name for name in HEAD_BLOBS if name in folded.blobs]
-    names += [name for name in folded.outputs if name not in names]
-    worst: dict[str, float] = {name: 0.0 for name in names}
-    scale: dict[str, float] = {name: 1.0 for name in names}
-    detections = 0
-    for array in inputs:
-        for net in (reference, folded):
-            net.blobs[input_name].reshape(1, *array.shape)
-            net.blobs[input_name].data[0] = array
-            net.forward()
-        for name in names:
-            a, b = reference.blobs[name].data, folded.blobs[name].data
-            difference = float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
-            worst[name] = max(worst[name], difference)
-            scale[name] = max(scale[name], float(np.abs(a).max()))
-        if "detection_out" in folded.blobs:
-            detections += int((folded.blobs["detection_out"].data.reshape(-1, 7)[:, 0] >= 0).sum())
-    relative = {name: worst[name] / scale[name] for name in names}
-    # The verdict is on the continuous head outputs. DetectionOutput's NMS and top-k are discontinuous:
-    # where class scores nearly tie (a net early in training), a 1e-6 change of a score reorders the kept
-    # boxes, so its difference is reported in per_blob but does not decide.
-    judged = [name for name in names if name in HEAD_BLOBS] or names
-    return {
-        "max_abs_difference": max((worst[name] for name in judged), default=0.0),
-        "max_relative_difference": max((relative[name] for name in judged), default=0.0),
-        "judged_blobs": judged,
-        "per_blob": worst,
-        "per_blob_relative": relative,
-        "images": len(inputs),
-        "detections": detections,
-    }
-
-
 def input_shape(prototxt: str | os.PathLike) -> tuple[int, int, int]:
     """(channels, height, width) of a deploy net's Input layer."""
     net = read_net(prototxt)
@@ -243,26 +200,3 @@ def input_shape(prototxt: str | os.PathLike) -> tuple[int, int, int]:
     if len(net.input_shape) and len(net.input_shape[0].dim) == 4:
         return tuple(net.input_shape[0].dim[1:])
     raise ExportError(f"{prototxt}: no 4-D Input layer; a deploy net starts with an Input layer (N, C, H, W)")
-
-
-def check_folding(
-    deploy_prototxt,
-    weights,
-    folded_prototxt,
-    folded_weights,
-    images: list[Path],
-    mean: list[float],
-    scale: float,
-    interpolation: str = "INTER_LINEAR",
-) -> dict[str, Any]:
-    """Run the unfolded and folded nets on real ``images``; the comparison of their outputs."""
-    import caffe
-
-    _, height, width = input_shape(deploy_prototxt)
-    inputs = [preprocess_image(path, height, width, mean, scale, interpolation) for path in images]
-    reference = load_net_params(deploy_prototxt, weights)
-    folded = caffe.Net(str(folded_prototxt), caffe.TEST, weights=str(folded_weights))
-    result = compare_nets(reference, folded, inputs)
-    result["layers_before"] = len(reference.layers)
-    result["layers_after"] = len(folded.layers)
-    return result

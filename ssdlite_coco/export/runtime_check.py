@@ -140,8 +140,9 @@ def write_verify(result: dict[str, Any], rewrites: list, json_path, markdown_pat
         "# Export check: every runtime against pycaffe",
         "",
         f"{result['images']} test images; differences relative to pycaffe's magnitude (at least 1), tolerance "
-        f"{result['tolerance']}; detections above score {result['score_threshold']}, matched with the same label "
-        f"at IoU >= 0.5; COCO AP from each runtime's own detections; latency {result['latency']}, "
+        f"{result['tolerance']:.3g}{_tolerance_origin(result)}; detections above score {result['score_threshold']}, "
+        "matched with the same label at IoU >= 0.5; COCO AP from each runtime's own detections; "
+        f"latency {result['latency']}, "
         f"{result['threads']} thread(s), on {host['cpu']} ({host['cores']} cores).",
         "",
         format_table(result["rows"]),
@@ -153,6 +154,15 @@ def write_verify(result: dict[str, Any], rewrites: list, json_path, markdown_pat
         "",
     ]
     atomic_write_text(markdown_path, "\n".join(lines))
+
+
+def _tolerance_origin(result: dict[str, Any]) -> str:
+    if "reference_noise" not in result:
+        return ""
+    return (
+        f" (max(export.tolerance {result['tolerance_floor']}, export.fold_noise_factor x the trained net's "
+        f"float32 noise {result['reference_noise']:.2g}))"
+    )
 
 
 def _plain(value):

@@ -50,7 +50,7 @@ def export_html(verify_json: str | os.PathLike, out_html: str | os.PathLike) -> 
     body = (
         f"<h2>The export in every runtime, against pycaffe ({verify['images']} test images)</h2>"
         + html_table(header, rows)
-        + f"<p>Tolerance {verify['tolerance']} on loc and scores, {verify['ap_tolerance']} on AP50; latency "
+        + f"<p>Tolerance {verify['tolerance']:.3g} on loc and scores, {verify['ap_tolerance']} on AP50; latency "
         + _machine(verify)
         + ".</p>"
         + ("<p class='warning'>" + html.escape("; ".join(failures)) + "</p>" if failures else "<p>No failure.</p>")
