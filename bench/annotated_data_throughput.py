@@ -1,15 +1,19 @@
-"""Throughput (images/s) of Caffe's AnnotatedData layer with the upstream SSDLite COCO training augmentation.
+"""Throughput (images/s) of Caffe's AnnotatedData layer with the upstream SSDLite COCO training augmentation,
+for each count of item threads (``data_param.threads``, patch 0040), all in one run.
 
 Builds a small LMDB of AnnotatedDatum from coco-mini in a temporary directory, then times a net made of the
 data layer of the upstream train prototxt (distortion, expansion, batch sampling, 300x300 resize with
-random interpolation, mirror) alone, after the prefetch queue is drained. Run with pycaffe importable:
+random interpolation, mirror; or resize only) alone, after the prefetch queue is drained. For every thread
+count it also hashes the first batches of a fresh net with the same seed: the digests must be equal (the
+batches do not depend on the thread count). Run with pycaffe importable, on an otherwise idle machine:
 
-    scripts/with-caffe python bench/annotated_data_throughput.py
+    scripts/with-caffe python bench/annotated_data_throughput.py --threads 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -33,7 +37,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=SHARED_DIR / "reference" / "upstream" / "chuanqi305-ssdlite-coco-train.prototxt",
         help="net whose first layer (AnnotatedData) is timed",
     )
-    parser.add_argument("--transform", choices=TRANSFORMS, default="full", help="resize-only: no augmentation")
+    parser.add_argument(
+        "--transform", choices=TRANSFORMS, nargs="+", default=list(TRANSFORMS), help="resize-only: no augmentation"
+    )
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="item thread counts to compare")
+    parser.add_argument("--hashed", type=int, default=3, help="first batches hashed to compare thread counts")
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--batches", type=int, default=20, help="batches timed")
     parser.add_argument("--warmup", type=int, default=4, help="batches run before timing")
@@ -82,7 +90,9 @@ def write_coco_lmdb(coco_dir: Path, path: Path) -> int:
     return len(data["images"])
 
 
-def data_only_net(train_prototxt: Path, source: Path, batch_size: int, transform: str, out: Path) -> None:
+def data_only_net(
+    train_prototxt: Path, source: Path, batch_size: int, transform: str, out: Path, threads: int = 1
+) -> None:
     from caffe.proto import caffe_pb2
     from google.protobuf import text_format
 
@@ -92,6 +102,8 @@ def data_only_net(train_prototxt: Path, source: Path, batch_size: int, transform
     layer.CopyFrom(upstream.layer[0])
     layer.data_param.source = str(source)
     layer.data_param.batch_size = batch_size
+    if threads != 1:  # unset at 1, so that the script also times a Caffe without patch 0040 (--threads 1)
+        layer.data_param.threads = threads
     layer.annotated_data_param.ClearField("label_map_file")
     if transform == "resize-only":
         for field in ("distort_param", "expand_param", "emit_constraint"):
@@ -102,32 +114,63 @@ def data_only_net(train_prototxt: Path, source: Path, batch_size: int, transform
     out.write_text(text_format.MessageToString(net))
 
 
-def main(args: argparse.Namespace) -> float:
+def measure(net_path: Path, args: argparse.Namespace) -> tuple[float, str, tuple]:
+    """(img/s, digest of the first ``args.hashed`` batches, data shape) of a fresh net seeded with ``args.seed``."""
     import caffe
 
+    caffe.set_mode_cpu()
+    caffe.set_random_seed(args.seed)
+    net = caffe.Net(str(net_path), caffe.TRAIN)
+    digest = hashlib.sha256()
+    for index in range(max(args.warmup, args.hashed)):
+        net.forward()
+        if index < args.hashed:
+            digest.update(net.blobs["data"].data.tobytes())
+            digest.update(net.blobs["label"].data.tobytes())
+    start = time.perf_counter()
+    for _ in range(args.batches):
+        net.forward()
+    seconds = time.perf_counter() - start
+    shape = net.blobs["data"].data.shape
+    del net
+    return args.batches * args.batch_size / seconds, digest.hexdigest()[:16], shape
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    rows = []
     with tempfile.TemporaryDirectory(prefix="annotated_data_throughput_") as tmp:
         tmp_dir = Path(tmp)
         images = write_coco_lmdb(args.coco_dir, tmp_dir / "lmdb")
-        net_path = tmp_dir / "net.prototxt"
-        data_only_net(args.train_prototxt, tmp_dir / "lmdb", args.batch_size, args.transform, net_path)
-        caffe.set_mode_cpu()
-        caffe.set_random_seed(args.seed)
-        net = caffe.Net(str(net_path), caffe.TRAIN)
-        for _ in range(args.warmup):
-            net.forward()
-        start = time.perf_counter()
-        for _ in range(args.batches):
-            net.forward()
-        seconds = time.perf_counter() - start
-        shape = net.blobs["data"].data.shape
-        del net
-    rate = args.batches * args.batch_size / seconds
+        for transform in args.transform:
+            for threads in args.threads:
+                net_path = tmp_dir / f"net_{transform}_{threads}.prototxt"
+                data_only_net(args.train_prototxt, tmp_dir / "lmdb", args.batch_size, transform, net_path, threads)
+                rate, digest, shape = measure(net_path, args)
+                rows.append({"transform": transform, "threads": threads, "img_per_s": rate, "digest": digest})
     print(
-        f"AnnotatedData ({args.transform} augmentation, {shape[2]}x{shape[3]}, batch {args.batch_size}, "
-        f"{images} coco-mini images, {os.cpu_count()} CPUs): {rate:.1f} img/s "
-        f"({args.batches} batches in {seconds:.2f} s)"
+        f"AnnotatedData, {shape[2]}x{shape[3]}, batch {args.batch_size}, {images} coco-mini images, "
+        f"{args.batches} batches timed, {os.cpu_count()} CPUs ({cpu_model()})"
     )
-    return rate
+    print("| augmentation | threads | img/s | vs 1 thread | img/s per thread | first batches (sha256) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        base = next(r["img_per_s"] for r in rows if r["transform"] == row["transform"])
+        row["scaling"] = row["img_per_s"] / base
+        print(
+            f"| {row['transform']} | {row['threads']} | {row['img_per_s']:.1f} | {row['scaling']:.2f}x | "
+            f"{row['img_per_s'] / row['threads']:.1f} | {row['digest']} |"
+        )
+    for transform in args.transform:
+        digests = {row["digest"] for row in rows if row["transform"] == transform}
+        print(f"{transform}: batches {'identical' if len(digests) == 1 else 'DIFFERENT'} across thread counts")
+    return rows
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 if __name__ == "__main__":

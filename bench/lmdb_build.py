@@ -41,7 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_split(coco_dir: Path, repeat: int, out: Path) -> tuple[Path, Path, Path]:
+def make_split(coco_dir: Path, repeat: int, out: Path, link: bool = False) -> tuple[Path, Path, Path]:
+    """coco-mini ``repeat`` times as one split (distinct file names and ids); ``link``: symlinks, not copies."""
     data = json.loads((coco_dir / "annotations" / "instances_mini.json").read_text())
     images_dir = out / "images"
     images_dir.mkdir(parents=True)
@@ -51,7 +52,11 @@ def make_split(coco_dir: Path, repeat: int, out: Path) -> tuple[Path, Path, Path
     for copy in range(repeat):
         for image in data["images"]:
             name = f"{copy:03d}_{image['file_name']}"
-            shutil.copyfile(coco_dir / "images" / image["file_name"], images_dir / name)
+            source = coco_dir / "images" / image["file_name"]
+            if link:
+                (images_dir / name).symlink_to(source.resolve())
+            else:
+                shutil.copyfile(source, images_dir / name)
             images.append({**image, "id": image["id"] + copy * id_step, "file_name": name})
         for annotation in data["annotations"]:
             annotations.append(

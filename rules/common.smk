@@ -80,7 +80,7 @@ TEST_SPLIT_INPUTS = {
 TEST_SPLIT_FLAGS = (
     " --test-net {input.test_net} --lmdb {input.lmdb} --name-size {input.name_size}"
     " --labelmap {input.labelmap} --instances {input.instances}"
-    " --device {params.device} --batch-size {params.batch_size}"
+    " --device {params.device} --batch-size {params.batch_size} --data-threads {threads}"
 )
 
 
@@ -191,6 +191,11 @@ def weights_coverage_flag(wildcards, input):
 
 def initial_weights_flag(wildcards, input):
     return f"--initial-weights {input.initial_weights}" if input.initial_weights else ""
+
+
+def data_threads_flag(wildcards, threads):
+    """train.data_threads, or the train rule's threads where it is 0."""
+    return TRAIN["data_threads"] or threads
 
 
 # --- export ------------------------------------------------------------------------------------

@@ -103,10 +103,14 @@ rule train:
         snapshot_root=SNAPSHOT_ROOT,
         snapshot_interval=TRAIN["snapshot_interval"],
         keep_snapshots=TRAIN["keep_snapshots"],
+        data_threads=data_threads_flag,
+        divergence_factor=TRAIN["divergence_factor"],
+        divergence_displays=TRAIN["divergence_displays"],
         initial_weights=initial_weights_flag,
     shell:
         "logged {log} with-caffe --threads {threads} train.py --solver {input.solver}"
         " --weights-out {output.weights} --log-csv {output.log_csv}"
         " --snapshot-root {params.snapshot_root} --device {params.device}"
         " --snapshot-interval {params.snapshot_interval} --keep-snapshots {params.keep_snapshots}"
-        " {params.initial_weights}"
+        " --data-threads {params.data_threads} --divergence-factor {params.divergence_factor}"
+        " --divergence-displays {params.divergence_displays} {params.initial_weights}"

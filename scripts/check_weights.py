@@ -22,6 +22,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=schema_default("train.device"))
     parser.add_argument("--batch-size", type=int, default=schema_default("evaluate.batch_size"))
     parser.add_argument(
+        "--data-threads", type=int, default=1, help="threads decoding and transforming a test batch (the rule's)"
+    )
+    parser.add_argument(
         "--chance-ap50",
         type=float,
         default=schema_default("evaluate.chance_ap50"),
@@ -55,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         log=lambda message: print(message, flush=True),
         conversion=coverage_summary(args.coverage),
+        data_threads=args.data_threads,
     )
     write_check_report(report, args.report_json, args.report_csv)
     return 0

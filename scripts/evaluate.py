@@ -27,6 +27,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=schema_default("evaluate.batch_size"),
         help="largest test batch (a divisor of the image count)",
     )
+    parser.add_argument(
+        "--data-threads", type=int, default=1, help="threads decoding and transforming a test batch (the rule's)"
+    )
     parser.add_argument("--metrics-json", required=True, type=Path)
     parser.add_argument("--metrics-csv", required=True, type=Path)
     parser.add_argument("--per-class-csv", required=True, type=Path)
@@ -48,6 +51,7 @@ def main(args: argparse.Namespace) -> int:
         args.labelmap,
         args.instances,
         max_batch=args.batch_size,
+        data_threads=args.data_threads,
         log=lambda message: print(message, flush=True),
     )
     print(metrics["summary"], end="")

@@ -34,7 +34,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--keep-snapshots", type=int, default=schema_default("train.keep_snapshots"), help="how many snapshots to keep"
     )
     parser.add_argument(
+        "--data-threads",
+        type=int,
+        default=1,
+        help="threads decoding and transforming a training batch (any count gives the same batches)",
+    )
+    parser.add_argument(
         "--progress-interval", type=int, default=0, help="iterations between progress lines (0: the solver's display)"
+    )
+    parser.add_argument(
+        "--divergence-factor",
+        type=float,
+        default=schema_default("train.divergence_factor"),
+        help="stop when display windows average above this many times the first loss (0: only NaN/inf stop)",
+    )
+    parser.add_argument(
+        "--divergence-displays",
+        type=int,
+        default=schema_default("train.divergence_displays"),
+        help="display windows in a row above --divergence-factor that stop training",
     )
     return parser
 
@@ -51,7 +69,10 @@ def main(args: argparse.Namespace) -> int:
         initial_weights=args.initial_weights,
         snapshot_interval=args.snapshot_interval,
         keep_snapshots=args.keep_snapshots,
+        data_threads=args.data_threads,
         progress_interval=args.progress_interval,
+        divergence_factor=args.divergence_factor,
+        divergence_displays=args.divergence_displays,
     )
     train(settings, log=lambda message: print(message, flush=True))
     return 0

@@ -270,7 +270,7 @@ def test_train_script_reports_a_missing_solver_in_one_line(tmp_path):
 def test_a_diverging_loss_stops_training_with_a_clear_error(world, tmp_path):
     solver = tmp_path / "solver.prototxt"
     solver.write_text(world.solver.read_text().replace("base_lr: 0.01", "base_lr: 1e9"))
-    with pytest.raises(TrainingError, match="lower base_lr"):
+    with pytest.raises(TrainingError, match=r"at iteration \d+.*lower solver\.base_lr"):
         train(
             TrainSettings(
                 solver=solver,

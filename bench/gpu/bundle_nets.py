@@ -65,10 +65,15 @@ def data_layer(net):
     return layers[0]
 
 
+# The device machine's cores: its caffe train decodes and augments a batch on all of them (patch 0040).
+DEVICE_DATA_THREADS = 16
+
+
 def with_batch(net, batch: int):
     copy = type(net)()
     copy.CopyFrom(net)
     data_layer(copy).data_param.batch_size = batch
+    data_layer(copy).data_param.threads = DEVICE_DATA_THREADS
     return copy
 
 

@@ -196,6 +196,7 @@ def evaluate_test_split(
     max_batch: int = 8,
     strict: bool = True,
     log=print,
+    data_threads: int = 1,
 ):
     """Run the test net over the test LMDB and score it: (metrics dict, COCO detections, TestNetResult)."""
     result = run_test_net(
@@ -207,6 +208,7 @@ def evaluate_test_split(
         max_batch=max_batch,
         strict=strict,
         log=log,
+        data_threads=data_threads,
     )
     image_ids = [image_id for image_id, _, _ in read_name_size(name_size_path)]
     metrics = score_detections(

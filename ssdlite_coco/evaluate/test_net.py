@@ -81,17 +81,19 @@ def prepare_test_net(
     num_images: int,
     max_batch: int,
     out_path: Path,
+    data_threads: int = 1,
 ) -> int:
     """Write a copy of the test net reading ``lmdb_path`` with a batch size that divides ``num_images``.
 
     Every image is then seen exactly once, and DetectionEvaluate's walk through the name-size file stays
-    aligned with the LMDB. Returns the batch size.
+    aligned with the LMDB; ``data_threads`` threads decode and transform a batch. Returns the batch size.
     """
     net = read_net(test_net_path)
     data = single_layer(net, "AnnotatedData", str(test_net_path))
     batch = largest_divisor_at_most(num_images, max_batch)
     data.data_param.source = str(Path(lmdb_path).resolve())
     data.data_param.batch_size = batch
+    data.data_param.threads = max(1, data_threads)
     for layer in layers_of_type(net, "DetectionEvaluate"):
         layer.detection_evaluate_param.name_size_file = str(Path(name_size_path).resolve())
     single_layer(net, "DetectionOutput", str(test_net_path))
@@ -120,6 +122,7 @@ def run_test_net(
     ap_version: str = "11point",
     strict: bool = True,
     log=print,
+    data_threads: int = 1,
 ) -> TestNetResult:
     """Run the test net with ``weights_path`` once over every LMDB record; COCO detections + detection_eval.
 
@@ -141,7 +144,9 @@ def run_test_net(
         raise DetectionError(f"{weights_path}: weights file not found")
     with tempfile.TemporaryDirectory(prefix="ssdlite-test-net-") as tmp:
         net_file = Path(tmp) / "test.prototxt"
-        batch = prepare_test_net(test_net_path, lmdb_path, name_size_path, len(image_sizes), max_batch, net_file)
+        batch = prepare_test_net(
+            test_net_path, lmdb_path, name_size_path, len(image_sizes), max_batch, net_file, data_threads
+        )
         net = caffe.Net(str(net_file), caffe.TEST)
     try:
         copied = copy_weights_by_name(net, read_caffemodel(weights_path))

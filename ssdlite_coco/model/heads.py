@@ -2,26 +2,27 @@
 MultiBoxLoss / DetectionOutput / DetectionEvaluate layers.
 
 Each head is a 3x3 depthwise convolution + BatchNorm + activation followed by a 1x1 convolution, once for the
-box offsets (loc) and once for the class scores (conf). Prior sizes are fractions of the input size: at
-300x300 they are 60, 105, 150, 195, 240, 285 (max sizes 150 ... 300), as in the published SSDLite COCO nets.
+box offsets (loc) and once for the class scores (conf). Prior sizes are fractions of the input size
+(``PriorDesign``, the ``model.priors`` config keys): by default, at 300x300, 60, 105, 150, 195, 240, 285 (max
+sizes 150 ... 300), as in the published SSDLite COCO nets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from caffe.proto import caffe_pb2
 
+from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.model.layers import NetWriter
 from ssdlite_coco.model.mobilenetv2 import BackboneOutputs, make_divisible
 
 # (1x1 reduction channels, output channels) of the four stride-2 extra layers, at width 1.0.
 EXTRA_LAYERS = ((256, 512), (128, 256), (128, 256), (64, 128))
 EXTRA_MIN_CHANNELS = 16
-# Prior sizes in percent of the input side: min sizes of the six maps, then the last max size.
-PRIOR_SIZE_PERCENT = (20, 35, 50, 65, 80, 95, 100)
-FIRST_MAP_ASPECT_RATIOS = (2.0,)
-OTHER_MAP_ASPECT_RATIOS = (2.0, 3.0)
+NUM_MAPS = 6
+# The max size of the last map's priors, in percent of the input side (each other map's is the next one's min).
+LAST_MAX_SIZE_PERCENT = 100
 PRIOR_VARIANCE = (0.1, 0.1, 0.2, 0.2)
 CONF_LOSS_TYPES = ("logistic", "softmax")
 
@@ -42,6 +43,51 @@ class FeatureMap:
 
 
 @dataclass(frozen=True)
+class PriorDesign:
+    """Prior sizes and shapes of the six maps: the ``model.priors`` config keys (defaults: the published nets').
+
+    Min sizes run linearly from ``min_ratio`` (first map) to ``max_ratio`` (last map) percent of the input side;
+    every map but the first also has a max size (the next map's min size, 100 % for the last); each map has its
+    ``aspect_ratios`` (all > 1, each also flipped) besides the square priors.
+    """
+
+    min_ratio: float = schema_default("model.priors.min_ratio")
+    max_ratio: float = schema_default("model.priors.max_ratio")
+    aspect_ratios: tuple[tuple[float, ...], ...] = field(
+        default_factory=lambda: schema_default("model.priors.aspect_ratios")
+    )
+
+    def __post_init__(self):
+        ratios = tuple(tuple(float(ratio) for ratio in ratios) for ratios in self.aspect_ratios)
+        object.__setattr__(self, "aspect_ratios", ratios)
+
+    def problems(self, input_size: int) -> list[str]:
+        """What is wrong with this design for a ``input_size`` input (one line each; empty when it is fine)."""
+        found = []
+        if not 0 < self.min_ratio < self.max_ratio < LAST_MAX_SIZE_PERCENT:
+            found.append(
+                f"model.priors needs 0 < min_ratio < max_ratio < {LAST_MAX_SIZE_PERCENT}, "
+                f"got min_ratio {self.min_ratio}, max_ratio {self.max_ratio}"
+            )
+        elif self.min_ratio * input_size / 100 < 1:
+            found.append(
+                f"model.priors.min_ratio {self.min_ratio} gives priors under 1 pixel at input_size {input_size}"
+            )
+        if len(self.aspect_ratios) != NUM_MAPS:
+            found.append(
+                f"model.priors.aspect_ratios needs {NUM_MAPS} lists (one per map), got {len(self.aspect_ratios)}"
+            )
+        for index, ratios in enumerate(self.aspect_ratios):
+            distinct = all(abs(a - b) > 1e-6 for i, a in enumerate(ratios) for b in ratios[i + 1 :])
+            if not distinct or any(ratio <= 1 for ratio in ratios):
+                found.append(
+                    f"model.priors.aspect_ratios[{index}] is {list(ratios)}: give distinct ratios above 1 "
+                    "(each is also flipped; ratio 1 is always there)"
+                )
+        return found
+
+
+@dataclass(frozen=True)
 class DetectionSettings:
     confidence_threshold: float
     nms_threshold: float
@@ -49,11 +95,14 @@ class DetectionSettings:
     keep_top_k: int
 
 
-def prior_sizes(input_size: int) -> list[tuple[float, float | None]]:
+def prior_sizes(input_size: int, design: PriorDesign | None = None) -> list[tuple[float, float | None]]:
     """(min_size, max_size) of the six maps for a square input of ``input_size`` pixels."""
-    sizes = [p * input_size / 100 for p in PRIOR_SIZE_PERCENT]
+    design = design or PriorDesign()
+    step = (design.max_ratio - design.min_ratio) / (NUM_MAPS - 1)
+    percents = [design.min_ratio + index * step for index in range(NUM_MAPS)] + [LAST_MAX_SIZE_PERCENT]
+    sizes = [p * input_size / 100 for p in percents]
     pairs: list[tuple[float, float | None]] = [(sizes[0], None)]
-    pairs += [(sizes[i], sizes[i + 1]) for i in range(1, 6)]
+    pairs += [(sizes[i], sizes[i + 1]) for i in range(1, NUM_MAPS)]
     return pairs
 
 
@@ -68,7 +117,12 @@ def extra_channels(width: float) -> list[tuple[int, int]]:
 
 
 def build_feature_maps(
-    writer: NetWriter, backbone: BackboneOutputs, input_size: int, width: float = 1.0, bn: str = "explicit"
+    writer: NetWriter,
+    backbone: BackboneOutputs,
+    input_size: int,
+    width: float = 1.0,
+    bn: str = "explicit",
+    design: PriorDesign | None = None,
 ) -> list[FeatureMap]:
     """Write the extra layers after ``Conv_1``; return the six maps SSDLite predicts from."""
     blobs = [
@@ -81,11 +135,12 @@ def build_feature_maps(
         x = writer.conv_unit(f"layer_19_2_{index}/depthwise", x, mid, kernel=3, stride=2, group=mid, bn=bn)
         x = writer.conv_unit(f"layer_19_2_{index}", x, out, kernel=1, bn=bn)
         blobs.append((x, out))
-    maps = []
-    for index, ((blob, channels), (min_size, max_size)) in enumerate(zip(blobs, prior_sizes(input_size), strict=True)):
-        ratios = FIRST_MAP_ASPECT_RATIOS if index == 0 else OTHER_MAP_ASPECT_RATIOS
-        maps.append(FeatureMap(blob, channels, writer.sizes.get(blob), min_size, max_size, ratios))
-    return maps
+    design = design or PriorDesign()
+    sizes = prior_sizes(input_size, design)
+    return [
+        FeatureMap(blob, channels, writer.sizes.get(blob), min_size, max_size, ratios)
+        for (blob, channels), (min_size, max_size), ratios in zip(blobs, sizes, design.aspect_ratios, strict=True)
+    ]
 
 
 def _head(writer: NetWriter, fmap: FeatureMap, kind: str, num_output: int) -> str:

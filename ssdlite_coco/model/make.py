@@ -38,7 +38,7 @@ MODEL_FILES = ("train", "test", "deploy", "solver")
 # In mode patch, the solver settings that the config decides (everything else is the user's solver's).
 SOLVER_KEYS_FROM_CONFIG = ("max_iter", "snapshot", "test_interval")
 # Config keys of the `model` section that are not generator options.
-WORKFLOW_KEYS = ("mode", "num_classes", "patch")
+WORKFLOW_KEYS = ("mode", "num_classes", "patch", "prior_coverage_warn_below")
 
 
 def count_test_images(instances_file: str | os.PathLike) -> int:

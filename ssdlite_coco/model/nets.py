@@ -24,6 +24,7 @@ from ssdlite_coco.model.heads import (
     CONF_LOSS_TYPES,
     DetectionSettings,
     FeatureMap,
+    PriorDesign,
     add_conf_scores,
     add_detection_evaluate,
     add_detection_output,
@@ -83,6 +84,7 @@ class ModelOptions:
     deploy_detection: DetectionSettings = field(
         default_factory=lambda: DetectionSettings(**schema_default("model.deploy_detection"))
     )
+    priors: PriorDesign = field(default_factory=PriorDesign)  # prior sizes and aspect ratios of the six maps
 
     def __post_init__(self):
         checks = [
@@ -116,6 +118,7 @@ class ModelOptions:
                 f"bn_moving_average_fraction must be in (0, 1), got {self.bn_moving_average_fraction}",
             ),
         ]
+        checks += [(False, problem) for problem in self.priors.problems(self.input_size)]
         for ok, message in checks:
             if not ok:
                 raise ModelError(message)
@@ -131,6 +134,8 @@ class ModelOptions:
         for key in ("test_detection", "deploy_detection"):
             if isinstance(values.get(key), dict):
                 values[key] = DetectionSettings(**values[key])
+        if isinstance(values.get("priors"), dict):
+            values["priors"] = PriorDesign(**values["priors"])
         return cls(**values)
 
     def to_dict(self) -> dict:
@@ -267,7 +272,9 @@ def build_net_with_maps(options: ModelOptions, role: str) -> tuple[caffe_pb2.Net
     backbone = build_mobilenetv2(
         writer, "data", width=options.width, bn=options.backbone_bn, layout=options.backbone_layout
     )
-    maps = build_feature_maps(writer, backbone, options.input_size, width=options.width, bn=options.backbone_bn)
+    maps = build_feature_maps(
+        writer, backbone, options.input_size, width=options.width, bn=options.backbone_bn, design=options.priors
+    )
     if any(fmap.size is not None and fmap.size < 1 for fmap in maps):
         raise ModelError(f"input_size {options.input_size} is too small for six feature maps")
     writer.silence_unused()

@@ -116,6 +116,7 @@ def check_initial_weights(
     batch_size: int = 8,
     log=print,
     conversion: Mapping[str, Any] | None = None,
+    data_threads: int = 1,
 ) -> dict[str, Any]:
     """The report of the check; ``test_split`` holds the ``lmdb``, ``name_size``, ``labelmap`` and ``instances``.
 
@@ -131,6 +132,7 @@ def check_initial_weights(
         max_batch=batch_size,
         strict=False,
         log=log,
+        data_threads=data_threads,
     )
     net_param = read_net(test_net)
     log(f"initial weights {weights} copied by layer name into {test_net}:")

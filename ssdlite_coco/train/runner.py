@@ -12,13 +12,19 @@ Snakemake does not delete when a job fails). The run key hashes what makes a sna
 train net, the solver settings other than ``max_iter`` and the initial weights. ``latest.json`` is
 written (atomically) only after a snapshot's files are complete, so a run killed at any moment —
 even while Caffe writes a snapshot — resumes from the newest complete one. The log rows up to the
-snapshot are kept next to it, so the CSV of a resumed run still starts at iteration 0.
+snapshot are kept next to it, so the CSV of a resumed run still starts at iteration 0. The solver runs
+copies of the train and test nets (in the snapshot folder) whose data layers use ``data_threads`` threads
+and, when resuming, start where an uninterrupted run would be (``data_stream``): the resumed run ends with
+the uninterrupted run's weights.
+
+A NaN or infinite loss, or one that stays above ``divergence_factor`` times its first value for
+``divergence_displays`` display windows, stops the run with one line (``health``); snapshots are taken only
+while the loss is healthy, so the one ``latest.json`` names is from before the divergence.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -35,7 +41,15 @@ from ssdlite_coco.common.digests import file_digest
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.common.formatting import format_duration
 from ssdlite_coco.evaluate.detection_eval import DetectionEvalAccumulator
+from ssdlite_coco.train.data_stream import (
+    completed_test_passes,
+    items_per_iteration,
+    save_without_runtime_fields,
+    write_runtime_net,
+)
+from ssdlite_coco.train.health import LossGuard, divergence_message, settings_problem
 from ssdlite_coco.train.log import LOG_COLUMNS, read_log_csv, write_log_csv
+from ssdlite_coco.train.snapshots import SnapshotStore
 
 
 class TrainingError(SsdliteError):
@@ -78,13 +92,16 @@ def net_paths(solver, solver_path: Path) -> tuple[Path, list[Path]]:
     return train, tests
 
 
-def solver_for_stepping(solver, solver_path: Path, snapshot_prefix: Path, device: str):
-    """The solver as this runner drives it: absolute paths, our device, Caffe's snapshots/tests/display off."""
+def solver_for_stepping(
+    solver, solver_path: Path, snapshot_prefix: Path, device: str, nets: tuple[Path, list[Path]] | None = None
+):
+    """The solver as this runner drives it: absolute paths (``nets``: the train and test nets to use instead of
+    the solver's), our device, Caffe's snapshots/tests/display off."""
     from caffe.proto import caffe_pb2
 
     patched = caffe_pb2.SolverParameter()
     patched.CopyFrom(solver)
-    train, tests = net_paths(solver, solver_path)
+    train, tests = nets or net_paths(solver, solver_path)
     patched.ClearField("net")
     patched.train_net = str(train)
     patched.ClearField("test_net")
@@ -178,56 +195,6 @@ def loss_weights(net_file: Path) -> dict[str, float]:
     return weights
 
 
-# ------------------------------------------------------------------------------------------------ snapshots
-class SnapshotStore:
-    """Complete snapshots of one run under ``folder``; ``latest.json`` names the newest complete one."""
-
-    def __init__(self, folder: Path, keep: int = 2):
-        self.folder = folder
-        self.keep = max(1, keep)
-        self.prefix = folder / "snapshot"
-        self.pointer = folder / "latest.json"
-
-    def files(self, iteration: int) -> dict[str, Path]:
-        return {
-            "caffemodel": Path(f"{self.prefix}_iter_{iteration}.caffemodel"),
-            "solverstate": Path(f"{self.prefix}_iter_{iteration}.solverstate"),
-            "log": self.folder / f"log_iter_{iteration}.csv",
-        }
-
-    def latest(self) -> dict[str, Any] | None:
-        if not self.pointer.is_file():
-            return None
-        try:
-            record = json.loads(self.pointer.read_text())
-            iteration = int(record["iteration"])
-        except (ValueError, KeyError, TypeError):
-            return None
-        files = self.files(iteration)
-        if not all(path.is_file() for path in files.values()):
-            return None
-        return {"iteration": iteration, **files}
-
-    def save(self, solver, rows: list[dict[str, Any]]) -> int:
-        """Snapshot ``solver`` (Caffe writes the .caffemodel/.solverstate), its log rows, then the pointer."""
-        iteration = solver.iter
-        solver.snapshot()
-        files = self.files(iteration)
-        write_log_csv(rows, files["log"])
-        atomic_write_text(self.pointer, json.dumps({"iteration": iteration, "saved": time.time()}) + "\n")
-        self._prune()
-        return iteration
-
-    def _prune(self) -> None:
-        iterations = sorted(
-            int(path.name[len("snapshot_iter_") : -len(".solverstate")])
-            for path in self.folder.glob("snapshot_iter_*.solverstate")
-        )
-        for old in iterations[: -self.keep]:
-            for path in self.files(old).values():
-                path.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------------------------------- the runner
 @dataclass
 class TrainSettings:
@@ -241,7 +208,10 @@ class TrainSettings:
         "train.snapshot_interval"
     )  # 0 = the solver's `snapshot` (1000 where that is 0 too)
     keep_snapshots: int = schema_default("train.keep_snapshots")
+    data_threads: int = 1  # threads decoding and transforming a batch (the same batches for any count)
     progress_interval: int = 0  # iterations between progress lines; 0 = the solver's display (else 100)
+    divergence_factor: float = schema_default("train.divergence_factor")  # health.LossGuard; 0 = off
+    divergence_displays: int = schema_default("train.divergence_displays")
 
 
 def test_detection(solver, test_index: int, test_iter: int, ap_version: str) -> float | None:
@@ -259,7 +229,28 @@ def test_detection(solver, test_index: int, test_iter: int, ap_version: str) -> 
     return accumulator.mean_ap(ap_version) if found else None
 
 
-def _open_solver(settings: TrainSettings, original, solver_path: Path, train_net: Path, initial: Path | None):
+def _runtime_nets(settings: TrainSettings, original, solver_path: Path, store: SnapshotStore, log):
+    """Copies of the train and test nets with the data threads and, when resuming, the data stream positions
+    an uninterrupted run would have reached (``data_stream``)."""
+    train_net, test_nets = net_paths(original, solver_path)
+    latest = store.latest()
+    resume_at = latest["iteration"] if latest is not None else 0
+    train_start = resume_at * items_per_iteration(train_net, original.iter_size)
+    train_copy = write_runtime_net(
+        train_net, store.folder / "train_net.prototxt", "TRAIN", settings.data_threads, train_start
+    )
+    passes = completed_test_passes(resume_at, original.test_interval if test_nets else 0, original.test_initialization)
+    test_copies = []
+    for index, test_net in enumerate(test_nets):
+        start = passes * original.test_iter[index] * items_per_iteration(test_net, 1, "TEST")
+        out = store.folder / f"test_net_{index}.prototxt"
+        test_copies.append(write_runtime_net(test_net, out, "TEST", settings.data_threads, start))
+    if train_start:
+        log(f"resuming the training data stream at item {train_start} (iteration {resume_at})")
+    return train_copy, test_copies
+
+
+def _open_solver(settings: TrainSettings, original, solver_path: Path, train_net: Path, initial: Path | None, log):
     """This run's snapshot store (keyed by what makes snapshots reusable) and the pycaffe solver it drives."""
     import caffe
 
@@ -267,7 +258,8 @@ def _open_solver(settings: TrainSettings, original, solver_path: Path, train_net
     key = run_key(original, train_net, initial)
     store = SnapshotStore(Path(settings.snapshot_root).resolve() / f"run-{key}", settings.keep_snapshots)
     store.folder.mkdir(parents=True, exist_ok=True)
-    patched = solver_for_stepping(original, solver_path, store.prefix, settings.device)
+    nets = _runtime_nets(settings, original, solver_path, store, log)
+    patched = solver_for_stepping(original, solver_path, store.prefix, settings.device, nets)
     patched_file = store.folder / "solver.prototxt"
     atomic_write_text(patched_file, format_prototxt(patched))
     if original.random_seed >= 0:
@@ -336,8 +328,10 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         raise TrainingError(f"initial weights {initial} not found")
     if settings.snapshot_interval < 0:
         raise TrainingError(f"train.snapshot_interval is {settings.snapshot_interval}; it must be >= 0")
+    if problem := settings_problem(settings.divergence_factor, settings.divergence_displays):
+        raise TrainingError(problem)
     snapshot_interval = settings.snapshot_interval or original.snapshot or 1000
-    solver, store = _open_solver(settings, original, solver_path, train_net, initial)
+    solver, store = _open_solver(settings, original, solver_path, train_net, initial, log)
     rows, resumed_from = _resume_or_initialize(solver, store, original.max_iter, initial, train_net, log)
     weights = loss_weights(train_net)
     max_iter = original.max_iter
@@ -345,7 +339,9 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     display = settings.progress_interval or original.display or 100
     start_iter = solver.iter
     started = time.monotonic()
-    last_snapshot = resumed_from
+    last_snapshot, snapshot_due = resumed_from, False
+    guard = LossGuard(settings.divergence_factor, settings.divergence_displays, display)
+    guard.replay(rows)
     log(
         f"training {train_net.name} from iteration {start_iter} to {max_iter} on {settings.device}; "
         f"snapshots every {snapshot_interval} in {store.folder}"
@@ -357,15 +353,18 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         rate = learning_rate(original, iteration)
         solver.step(1)
         loss = sum(weight * float(solver.net.blobs[name].data.sum()) for name, weight in weights.items())
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss is {loss} at iteration {iteration}; lower base_lr in the solver "
-                f"({solver_path}) or check the data"
-            )
+        verdict = guard.update(iteration, loss)
+        if verdict is not None:  # nothing is saved after it: latest.json names the last healthy snapshot
+            message = divergence_message(verdict, solver_path, original.base_lr, rate, store.latest())
+            del solver  # its data threads stop now, not when the traceback goes (a new reader of the LMDB waits)
+            raise TrainingError(message)
+        if guard.warning:
+            log(f"warning: {guard.warning}")
         rows.append({"iteration": iteration, "loss": loss, "learning_rate": rate, "detection_eval": math.nan})
         done = solver.iter
-        if done % snapshot_interval == 0:
-            last_snapshot = store.save(solver, rows)
+        snapshot_due = snapshot_due or done % snapshot_interval == 0
+        if snapshot_due and guard.healthy:  # a snapshot due while the loss is too high waits (health.py)
+            last_snapshot, snapshot_due = store.save(solver, rows), False
         if done % display == 0 or done == max_iter:
             speed = (done - start_iter) / max(time.monotonic() - started, 1e-9)
             log(_progress_line(rows, original.average_loss, done, max_iter, rate, speed))
@@ -379,7 +378,7 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     if last_snapshot != final_iter:
         store.save(solver, rows)
     with atomic_path(settings.weights_out) as tmp:
-        solver.net.save(str(tmp))
+        save_without_runtime_fields(solver.net, tmp)
     write_log_csv(rows, settings.log_csv_out)
     log(f"wrote {settings.weights_out} (iteration {final_iter}) and {settings.log_csv_out}")
     return {
