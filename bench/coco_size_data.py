@@ -112,8 +112,11 @@ def main(args: argparse.Namespace) -> int:
         for threads in args.threads:
             net_path = workdir / f"net_{threads}.prototxt"
             data_only_net(args.train_prototxt, lmdb_path, args.batch_size, "full", net_path, threads)
-            first, rate = read_rate(net_path, args.batches, args.batch_size)
             net = text_format.Parse(net_path.read_text(), caffe_pb2.NetParameter())
+            # the builder stores grayscale JPEGs as they are: decode in colour, as the generated nets do
+            net.layer[0].transform_param.force_color = True
+            net_path.write_text(text_format.MessageToString(net))
+            first, rate = read_rate(net_path, args.batches, args.batch_size)
             net.layer[0].data_param.start_item = args.resume_iteration * args.batch_size
             resumed_path = workdir / f"net_{threads}_resumed.prototxt"
             resumed_path.write_text(text_format.MessageToString(net))
