@@ -47,6 +47,22 @@ layer {{ name: "detection_out" type: "DetectionOutput" bottom: "loc" bottom: "co
     return path
 
 
+def test_caffe_nothing_found_row_is_not_a_detection(tmp_path):
+    """An image where no score passes the threshold: Caffe writes [0, -1, -1, ...], which is no detection."""
+    priors_count, classes = 20, 3
+    net = caffe.Net(str(_detection_output_net(tmp_path, priors_count, classes, 10)), caffe.TEST)
+    net.blobs["loc"].data[...] = 0
+    scores = np.zeros((priors_count, classes), np.float32)
+    scores[:, 0] = 1.0  # every prior is background
+    net.blobs["conf"].data[...] = scores.reshape(1, -1)
+    boxes = np.tile(np.float32([0.1, 0.1, 0.4, 0.4]), (priors_count, 1))
+    net.blobs["prior"].data[...] = np.stack([boxes, np.full_like(boxes, 0.1)]).reshape(1, 2, -1)
+    net.forward()
+    raw = net.blobs["detection_out"].data.reshape(-1, 7)
+    assert raw.tolist() == [[0, -1, -1, -1, -1, -1, -1]]  # Caffe's "nothing found" row
+    assert caffe_rows(net.blobs["detection_out"].data).shape == (0, 6)
+
+
 @pytest.mark.parametrize("keep_top_k", [200, 15])
 def test_decode_detections_reproduces_caffe_detection_output(tmp_path, keep_top_k):
     """Clustered priors (NMS has work), scores over the threshold, top_k and keep_top_k both cutting."""

@@ -48,7 +48,7 @@ def to_coco_detections(
     rows = np.asarray(rows, dtype=np.float64).reshape(-1, 7)
     detections = []
     for item, label, score, xmin, ymin, xmax, ymax in rows:
-        if item < 0:  # DetectionOutput writes one row of -1 when a batch has no detection
+        if item < 0 or label < 0:  # no detection: DetectionOutput writes each image's index followed by -1s
             continue
         index = first_index + int(item)
         category_id = categories.get(int(label))

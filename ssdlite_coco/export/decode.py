@@ -116,6 +116,10 @@ def decode_detections(loc, scores, priors, settings: Mapping[str, Any]) -> np.nd
 
 
 def caffe_rows(detection_out: np.ndarray) -> np.ndarray:
-    """DetectionOutput's ``[1, 1, N, 7]`` (image, label, score, box; a row of -1 when empty) as ``[N, 6]``."""
+    """DetectionOutput's ``[1, 1, N, 7]`` (image, label, score, box) as ``[N, 6]`` detections.
+
+    When it finds nothing, Caffe writes one row per image of the batch: the image's index followed by six -1;
+    those rows (label -1) are not detections.
+    """
     rows = np.asarray(detection_out, F32).reshape(-1, 7)
-    return rows[rows[:, 0] >= 0][:, 1:].copy()
+    return rows[rows[:, 1] >= 0][:, 1:].copy()

@@ -115,7 +115,7 @@ def write_preprocess(transform: dict[str, Any], deploy_net, heads: dict[str, Any
     priors, classes = heads["num_priors"], heads["settings"]["num_classes"]
     document["outputs"] = {
         "caffe/deploy detection_out (pycaffe)": "[1, 1, N, 7]: image, label, score, xmin, ymin, xmax, ymax "
-        "(normalized); one row of -1 when nothing is found",
+        "(normalized); when nothing is found, one row per image: its index (0) followed by six -1",
         "caffe/deploy detection_out (OpenCV DNN)": "[1, 1, keep_top_k, 7], padded with rows of zeros",
         "caffe/deploy detection_out (MNN)": "[1, 1, N, 6]: label, score, xmin, ymin, xmax, ymax",
         "heads loc": f"[1, {priors}, 4]: CENTER_SIZE offsets of each prior (decode with priors.npy)",

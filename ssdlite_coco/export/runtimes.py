@@ -3,7 +3,7 @@
 Every runtime gives the head outputs (``loc`` ``[P, 4]``, ``scores`` ``[P, C]``) and its own detections
 as ``[N, 6]`` rows ``label, score, xmin, ymin, xmax, ymax``, whatever its native layout:
 
-* pycaffe: DetectionOutput ``[1, 1, N, 7]`` (image index first; one row of -1 when nothing is found);
+* pycaffe: DetectionOutput ``[1, 1, N, 7]`` (image index first; when nothing is found, one row: index 0 then six -1);
 * OpenCV DNN (``cv2.dnn.readNetFromCaffe``): ``[1, 1, keep_top_k, 7]``, padded with rows of zeros;
 * MNN (its Caffe converter, PriorBox and DetectionOutput included): ``[1, 1, N, 6]``, no image index;
 * ONNX Runtime: the head-only ``heads.onnx``, decoded by ``decode_detections``;
