@@ -11,7 +11,6 @@ import pytest
 from tests.support.workflow_run import copy_workflow, output_tail, planned_rules, run_snakemake
 
 # Config files that must plan with no data present, and the rules each plan must contain.
-# config/coco.yaml is the full COCO configuration (skipped until it exists).
 DRY_RUNS = {
     "config/config.yaml": ["caffe_build", "export", "export_int8", "report_export", "report_int8"],
     "config/coco.yaml": ["caffe_build", "fetch_initial_weights", "convert_initial_weights", "train"],
@@ -21,8 +20,6 @@ DRY_RUNS = {
 
 @pytest.mark.parametrize("configfile", sorted(DRY_RUNS))
 def test_dry_run_plans_the_chain_without_data(repo_root, tmp_path, configfile):
-    if not (repo_root / configfile).exists():
-        pytest.skip(f"{configfile} does not exist yet")
     workdir = copy_workflow(repo_root, tmp_path / "workflow")
     result = run_snakemake(workdir, ["-n", "--cores", "1", "--configfile", configfile])
     assert result.returncode == 0, f"snakemake -n --configfile {configfile}:\n{output_tail(result)}"

@@ -36,7 +36,7 @@ RULE_RESOURCES = {
 }
 DEFAULT_RESOURCES = {"mem_mb": 1000, "runtime": 20, "cpus_per_task": 1, "gpus": 0}
 
-# The test cluster has no accounting: the plugin reads job states from squeue (MinJobAge is 300 s).
+# The test cluster has no accounting: the plugin reads job states from squeue (MinJobAge is 3600 s).
 CLUSTER_ARGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5"]
 
 

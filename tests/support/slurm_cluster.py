@@ -34,7 +34,7 @@ MUNGE_RUN_DIR = Path("/run/munge")
 MARKER = "# written by ssdlite-coco tests/slurm_cluster.py"
 DEBIAN_PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 PROGRAMS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "srun", "sinfo", "scontrol")
-MIN_JOB_AGE_S = 300
+MIN_JOB_AGE_S = 3600  # job records must outlive the whole test run (they are purged this long after the end)
 
 
 class SlurmClusterError(RuntimeError):
