@@ -64,9 +64,11 @@ EXPORT_INT8_DIR = f"{EXPORT_DIR}/int8"
 EXPORT_INT8 = f"{EXPORT_INT8_DIR}/int8.json"
 # The default target asks the export stage for the checked export and, unless export.int8 is off, INT8 models.
 EXPORT_TARGETS = [EXPORT_VERIFY] + ([EXPORT_INT8] if EXPORT["int8"] else [])
-REPORT_TARGETS = ["results/report/loss.png", "results/report/export.html"] + (
-    ["results/report/int8.html"] if EXPORT["int8"] else []
-)
+REPORT_TARGETS = [
+    "results/report/loss.png",
+    "results/report/export.html",
+    "results/report/prior_coverage.html",
+] + (["results/report/int8.html"] if EXPORT["int8"] else [])
 
 # What the test net reads on the test split: inputs and flags of rules evaluate and check_initial_weights.
 TEST_SPLIT_INPUTS = {

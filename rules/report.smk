@@ -80,3 +80,21 @@ rule report_int8:
     shell:
         "logged {log} export_report.py --int8 {input.summary} --int8-html {output.page}"
         " --int8-png {output.plot}"
+
+
+rule report_model:
+    """The priors' coverage of the training boxes per size, as a table of the HTML report."""
+    input:
+        coverage=f"{MODEL_DIR}/prior_coverage.json",
+    output:
+        page=report(
+            "results/report/prior_coverage.html",
+            caption="../report/prior_coverage.rst",
+            category="Model",
+        ),
+    log:
+        "logs/report/report_model.log",
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "logged {log} model_report.py --coverage {input.coverage} --coverage-html {output.page}"

@@ -12,7 +12,7 @@ from tests.support.workflow_run import copy_workflow, output_tail, planned_rules
 
 # Config files that must plan with no data present, and the rules each plan must contain.
 DRY_RUNS = {
-    "config/config.yaml": ["caffe_build", "export", "export_int8", "report_export", "report_int8"],
+    "config/config.yaml": ["caffe_build", "export", "export_int8", "report_export", "report_int8", "report_model"],
     "config/coco.yaml": ["caffe_build", "fetch_initial_weights", "convert_initial_weights", "train"],
     "config/coco-scratch.yaml": ["caffe_build", "train"],
 }

@@ -258,6 +258,14 @@ def test_solver_settings():
     step = build_solver(SolverOptions(lr_policy="step", steps=[7]), "a", None, device="cuda")
     assert step.stepsize == 7 and not step.test_net and step.solver_mode == caffe_pb2.SolverParameter.GPU
     assert count_test_iterations(5000, 8) == 625 and count_test_iterations(6, 4) == 2
+    cosine = build_solver(SolverOptions(lr_policy="cosine", min_lr=1e-4, warmup_iter=500), "a", None)
+    assert cosine.min_lr == pytest.approx(1e-4) and cosine.warmup_iter == 500
+    assert cosine.warmup_start_factor == pytest.approx(0.001)
+    assert not step.HasField("warmup_iter") and not step.HasField("min_lr")
+    with pytest.raises(SolverError, match="min_lr must be at least 0 and below base_lr"):
+        SolverOptions(lr_policy="cosine", base_lr=0.01, min_lr=0.02)
+    with pytest.raises(SolverError, match="warmup_start_factor between 0 and 1"):
+        SolverOptions(warmup_iter=10, warmup_start_factor=1.5)
 
 
 @pytest.mark.parametrize("augmentation", AUGMENTATION_MODES)

@@ -255,6 +255,14 @@ def test_tiny_boxes_give_low_coverage_and_one_warning_line(tmp_path):
     assert report["buckets"]["small"]["coverage"] == 0.0 and report["buckets"]["all"]["boxes"] == 9
     assert report["overlap_threshold"] == 0.5 and report["warn_below"] == 0.3
     assert "| small (< 32²) | 9 | 0.0% |" in (out / "prior_coverage.md").read_text()
+    # the report's page: the same table and the same warning, through the report rule's script
+    page = tmp_path / "prior_coverage.html"
+    command = [sys.executable, str(REPO / "scripts/model_report.py"), "--coverage", str(out / "prior_coverage.json")]
+    result = subprocess.run([*command, "--coverage-html", str(page)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    html = page.read_text()
+    assert "<td>small (&lt; 32²)</td><td>9</td><td>0.0%</td>" in html
+    assert "class='warning'>prior coverage 0.0% of 9 training boxes" in html
 
 
 def test_smaller_priors_raise_the_coverage_of_small_boxes(tmp_path, coco_mini_dir):

@@ -74,14 +74,26 @@ def test_a_log_without_iterations_is_refused(tmp_path):
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_dir):
+# Caffe's own rate (its log's "lr =" lines) against the runner's learning_rate(), at every iteration
+SCHEDULES = {
+    "multistep": "",  # the tiny solver's: halved at stepvalue 30
+    "cosine-warmup": 'lr_policy: "cosine"\nmin_lr: 0.002\nwarmup_iter: 12\nwarmup_start_factor: 0.05\n',
+}
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_dir, schedule):
     pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
-    from ssdlite_coco.train.runner import learning_rate, read_solver
+    from ssdlite_coco.train.runner import read_solver
+    from ssdlite_coco.train.schedule import learning_rate
     from tests.support.tiny_ssd import make_tiny_world
 
     world = make_tiny_world(tmp_path / "tiny", coco_mini_dir, max_iter=40, test_interval=20)
     solver = world.solver
-    solver.write_text(solver.read_text().replace("display: 10", "display: 1"))
+    text = solver.read_text().replace("display: 10", "display: 1")
+    if SCHEDULES[schedule]:
+        text = text.replace('lr_policy: "multistep"\n', SCHEDULES[schedule])
+    solver.write_text(text)
     run = subprocess.run(
         ["caffe", "train", f"--solver={solver}"],
         capture_output=True,
@@ -100,5 +112,6 @@ def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_d
     rates = frame.dropna(subset=["learning_rate"])
     assert rates.iteration.tolist() == list(range(40))
     expected = [learning_rate(read_solver(solver), iteration) for iteration in range(40)]
-    np.testing.assert_allclose(rates.learning_rate, expected, rtol=1e-6)  # halved at stepvalue 30
+    np.testing.assert_allclose(rates.learning_rate, expected, rtol=1e-5)
+    assert len(set(np.round(expected, 9))) > (1 if schedule == "multistep" else 30)  # the schedule moved
     assert frame.dropna(subset=["detection_eval"]).iteration.tolist() == [20, 40]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -31,10 +32,10 @@ from ssdlite_coco.train.fetch_weights import fetch_weights  # noqa: E402
 from ssdlite_coco.train.runner import (  # noqa: E402
     TrainingError,
     TrainSettings,
-    learning_rate,
     read_solver,
     train,
 )
+from ssdlite_coco.train.schedule import ScheduleError, learning_rate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,8 +83,17 @@ def test_learning_rate_follows_caffe_policies(world):
     assert learning_rate(solver, 30) == pytest.approx(0.005)
     solver.lr_policy, solver.power = "poly", 2.0
     assert learning_rate(solver, 15) == pytest.approx(0.01 * 0.5**2)
-    solver.lr_policy = "warmup"
-    with pytest.raises(TrainingError, match="lr_policy 'warmup'"):
+    solver.lr_policy, solver.min_lr, solver.max_iter = "cosine", 0.001, 40
+    assert learning_rate(solver, 0) == pytest.approx(0.01)
+    assert learning_rate(solver, 20) == pytest.approx(0.001 + 0.009 * 0.5)
+    assert learning_rate(solver, 40) == pytest.approx(0.001)
+    solver.warmup_iter, solver.warmup_start_factor = 10, 0.1
+    assert learning_rate(solver, 0) == pytest.approx(0.001)  # 0.1 x the cosine's 0.01
+    cosine_at_5 = 0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * 5 / 40))
+    assert learning_rate(solver, 5) == pytest.approx((0.1 + 0.9 * 0.5) * cosine_at_5)
+    assert learning_rate(solver, 10) == pytest.approx(0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi / 4)))
+    solver.lr_policy = "triangular"
+    with pytest.raises(ScheduleError, match="lr_policy 'triangular'"):
         learning_rate(solver, 0)
 
 

@@ -320,6 +320,22 @@ def coverage_warning(report: dict, warn_below: float, model: dict | None) -> str
     return f"prior coverage {coverage_summary(report)} is below model.prior_coverage_warn_below {warn_below:g}; {hint}"
 
 
+COVERAGE_COLUMNS = ("boxes (area w*h in pixels)", "count", "coverage", "best prior at the threshold", "mean best IoU")
+BUCKET_LABELS = {"small": "small (< 32²)", "medium": "medium (32² … 96²)", "large": "large (≥ 96²)", "all": "all"}
+
+
+def coverage_rows(report: dict) -> list[list[str]]:
+    """The cells of the coverage table (COVERAGE_COLUMNS), one row per size bucket and one for all boxes."""
+    rows = []
+    for name, label in BUCKET_LABELS.items():
+        bucket = report["buckets"][name]
+        best_iou = "n/a" if bucket["mean_best_iou"] is None else f"{bucket['mean_best_iou']:.3f}"
+        rows.append(
+            [label, str(bucket["boxes"]), _share(bucket["coverage"]), _share(bucket["best_iou_coverage"]), best_iou]
+        )
+    return rows
+
+
 def coverage_markdown(report: dict) -> str:
     """The report as a short Markdown page (one table)."""
     lines = [
@@ -329,17 +345,10 @@ def coverage_markdown(report: dict) -> str:
         f"{report['overlap_threshold']:g} (bipartite, then per-prediction matching, as Caffe; crowd boxes left "
         f"out; `{report['instances']}` against `{report['deploy']}`).",
         "",
-        "| boxes (area w*h in pixels) | count | coverage | best prior at the threshold | mean best IoU |",
+        "| " + " | ".join(COVERAGE_COLUMNS) + " |",
         "| --- | --- | --- | --- | --- |",
     ]
-    labels = {"small": "small (< 32²)", "medium": "medium (32² … 96²)", "large": "large (≥ 96²)", "all": "all"}
-    for name, label in labels.items():
-        bucket = report["buckets"][name]
-        best_iou = "n/a" if bucket["mean_best_iou"] is None else f"{bucket['mean_best_iou']:.3f}"
-        lines.append(
-            f"| {label} | {bucket['boxes']} | {_share(bucket['coverage'])} | "
-            f"{_share(bucket['best_iou_coverage'])} | {best_iou} |"
-        )
+    lines += ["| " + " | ".join(row) + " |" for row in coverage_rows(report)]
     if report.get("warning"):
         lines += ["", f"**Warning**: {report['warning']}."]
     return "\n".join(lines) + "\n"

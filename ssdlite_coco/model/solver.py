@@ -16,7 +16,7 @@ from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
 
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine")
 # Caffe refuses a momentum with these solvers.
 NO_MOMENTUM = ("AdaGrad", "RMSProp")
 
@@ -35,6 +35,9 @@ class SolverOptions:
     gamma: float = schema_default("solver.gamma")
     steps: list[int] = field(default_factory=lambda: schema_default("solver.steps"))
     power: float = schema_default("solver.power")
+    min_lr: float = schema_default("solver.min_lr")
+    warmup_iter: int = schema_default("solver.warmup_iter")
+    warmup_start_factor: float = schema_default("solver.warmup_start_factor")
     momentum: float = schema_default("solver.momentum")
     rms_decay: float = schema_default("solver.rms_decay")
     weight_decay: float = schema_default("solver.weight_decay")
@@ -60,6 +63,10 @@ class SolverOptions:
             raise SolverError(f"steps must increase, got {list(self.steps)}")
         if self.base_lr <= 0 or self.max_iter < 0:
             raise SolverError("base_lr must be positive and max_iter non-negative")
+        if self.warmup_iter < 0 or not 0 <= self.warmup_start_factor <= 1:
+            raise SolverError("warmup_iter must be >= 0 and warmup_start_factor between 0 and 1")
+        if self.lr_policy == "cosine" and not 0 <= self.min_lr < self.base_lr:
+            raise SolverError(f"min_lr must be at least 0 and below base_lr ({self.base_lr}), got {self.min_lr}")
         if self.ap_version not in ("11point", "MaxIntegral", "Integral"):
             raise SolverError(f"ap_version must be 11point, MaxIntegral or Integral, got {self.ap_version!r}")
 
@@ -109,6 +116,11 @@ def build_solver(
         solver.stepsize = options.steps[0]
     if options.lr_policy in ("poly", "inv"):
         solver.power = options.power
+    if options.lr_policy == "cosine":
+        solver.min_lr = options.min_lr
+    if options.warmup_iter:
+        solver.warmup_iter = options.warmup_iter
+        solver.warmup_start_factor = options.warmup_start_factor
     if options.type not in NO_MOMENTUM:
         solver.momentum = options.momentum
     if options.type == "RMSProp":

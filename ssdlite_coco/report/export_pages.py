@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import html
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 from ssdlite_coco.common.atomic import atomic_write_text
-from ssdlite_coco.report.figures import ReportError, pyplot, save_figure
-from ssdlite_coco.report.html_page import fmt, html_page, html_table
+from ssdlite_coco.report.figures import pyplot, save_figure
+from ssdlite_coco.report.html_page import fmt, html_page, html_table, read_json
 
 
-def _read(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise ReportError(f"{path}: cannot read the {what} ({error}); re-run the export rules") from None
+def _read_export(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    return read_json(path, what, "re-run the export rules")
 
 
 def _machine(result: dict[str, Any]) -> str:
@@ -27,7 +22,7 @@ def _machine(result: dict[str, Any]) -> str:
 
 def export_html(verify_json: str | os.PathLike, out_html: str | os.PathLike) -> None:
     """The runtime table of the export check."""
-    verify = _read(verify_json, "export check")
+    verify = _read_export(verify_json, "export check")
     rows = []
     for row in verify["rows"]:
         if not row["loads"]:
@@ -60,7 +55,7 @@ def export_html(verify_json: str | os.PathLike, out_html: str | os.PathLike) -> 
 
 def int8_html(int8_json: str | os.PathLike, out_html: str | os.PathLike) -> None:
     """The INT8 table (runtime x precision x calibration), the verdict and the layers that lose the most."""
-    result = _read(int8_json, "INT8 results")
+    result = _read_export(int8_json, "INT8 results")
     rows = [
         [
             html.escape(row["runtime"]),
@@ -96,7 +91,7 @@ def int8_html(int8_json: str | os.PathLike, out_html: str | os.PathLike) -> None
 
 def plot_int8(int8_json: str | os.PathLike, out_png: str | os.PathLike) -> None:
     """COCO AP against batch-1 latency per model, the FP32 models as stars, the AP budget as a band."""
-    result = _read(int8_json, "INT8 results")
+    result = _read_export(int8_json, "INT8 results")
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     colours = {"onnxruntime": "tab:blue", "mnn": "tab:orange"}

@@ -9,12 +9,7 @@ import os
 from pathlib import Path
 
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
-from ssdlite_coco.common.errors import SsdliteError
-from ssdlite_coco.report.html_page import fmt, html_page
-
-
-class ReportError(SsdliteError):
-    """An input of the report cannot be read; the message names the file and the fix."""
+from ssdlite_coco.report.html_page import ReportError, fmt, html_page
 
 
 def pyplot():

@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import html
+import json
 import math
+import os
+from pathlib import Path
 from typing import Any
+
+from ssdlite_coco.common.errors import SsdliteError
+
+
+class ReportError(SsdliteError):
+    """An input of the report cannot be read; the message names the file and the fix."""
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
+    """A stage's JSON result, or one line naming the file, what it is and ``fix``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path}: cannot read the {what} ({error}); {fix}") from None
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -49,6 +49,7 @@ from ssdlite_coco.train.data_stream import (
 )
 from ssdlite_coco.train.health import LossGuard, divergence_message, settings_problem
 from ssdlite_coco.train.log import LOG_COLUMNS, read_log_csv, write_log_csv
+from ssdlite_coco.train.schedule import learning_rate
 from ssdlite_coco.train.snapshots import SnapshotStore
 
 
@@ -152,28 +153,6 @@ def run_key(solver, train_net: Path, initial_weights: Path | None) -> str:
     if initial_weights is not None:
         digest.update(file_digest(initial_weights, "sha256").encode())
     return digest.hexdigest()[:16]
-
-
-def learning_rate(solver, iteration: int) -> float:
-    """The rate SGDSolver::GetLearningRate uses at ``iteration``."""
-    policy, base, gamma, power = solver.lr_policy, solver.base_lr, solver.gamma, solver.power
-    if policy == "fixed":
-        return base
-    if policy == "step":
-        return base * gamma ** (iteration // solver.stepsize)
-    if policy == "exp":
-        return base * gamma**iteration
-    if policy == "inv":
-        return base * (1 + gamma * iteration) ** (-power)
-    if policy == "multistep":
-        return base * gamma ** sum(1 for value in solver.stepvalue if iteration >= value)
-    if policy == "poly":
-        return base * (1 - iteration / solver.max_iter) ** power
-    if policy == "sigmoid":
-        return base / (1 + math.exp(-gamma * (iteration - solver.stepsize)))
-    raise TrainingError(
-        f"lr_policy {policy!r} is not one Caffe knows (fixed, step, exp, inv, multistep, poly, sigmoid)"
-    )
 
 
 def loss_weights(net_file: Path) -> dict[str, float]:

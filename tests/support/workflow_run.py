@@ -20,6 +20,7 @@ NOT_COPIED = {
     ".pytest_cache",
     ".ruff_cache",
     "build",
+    "bench-out",
 }
 NOT_COPIED_ANYWHERE = {"__pycache__"}
 RULE_LINE = re.compile(r"^(?P<indent>\s*)(?:rule|checkpoint)\s+(?P<name>\w+)\s*:")
