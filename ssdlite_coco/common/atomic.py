@@ -1,8 +1,11 @@
 """Write outputs atomically: into a temporary sibling first, then rename over the target.
 
 A crash leaves at most a ``.<name>.tmp-<host>-<pid>-*`` sibling, never a half-written file or folder
-under the real name; the next write of the same target removes the siblings that a process of this
-host left behind when it died (a 19 GB LMDB folder, say).
+under the real name; the next write of the same target removes the siblings left behind (a 19 GB LMDB
+folder, say). Which ones: in a workflow rule's job (``scripts/logged`` sets ``SSDLITE_RULE_OWNS_OUTPUTS``),
+every sibling of an output inside the workflow's directory, whatever host wrote it, since Snakemake lets one
+job own an output at a time (a killed job's rerun on a cluster lands on another node); elsewhere only those
+whose writer was a process of this host that has died (another may still be writing).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 HOST = socket.gethostname().replace("-", "_")
+# Set by scripts/logged, which runs every rule's command: this process is the job that owns its outputs.
+RULE_OWNS_OUTPUTS = "SSDLITE_RULE_OWNS_OUTPUTS"
 
 
 def _process_is_gone(pid: int) -> bool:
@@ -29,13 +34,30 @@ def _process_is_gone(pid: int) -> bool:
     return False
 
 
+def rule_owns(target: str | os.PathLike) -> bool:
+    """Whether this process is the workflow job that owns ``target`` (an output in the workflow's directory)."""
+    if os.environ.get(RULE_OWNS_OUTPUTS) != "1":
+        return False
+    return Path(target).resolve().is_relative_to(Path.cwd().resolve())
+
+
+def _is_stale(name: str, target_name: str, owned: bool) -> bool:
+    host_pid = name[len(f".{target_name}.tmp-") :]
+    if host_pid.startswith(f"{HOST}-{os.getpid()}-"):
+        return False  # this process's own
+    if owned:
+        return True
+    pid = host_pid[len(f"{HOST}-") :].split("-", 1)[0] if host_pid.startswith(f"{HOST}-") else ""
+    return pid.isdigit() and _process_is_gone(int(pid))
+
+
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
-    """Remove the temporary siblings of ``target`` whose writer (a process of this host) has died."""
+    """Remove the temporary siblings of ``target`` that no live writer will finish (see the module docstring)."""
     target = Path(target)
+    owned = rule_owns(target)
     removed = []
-    for path in target.parent.glob(f".{glob.escape(target.name)}.tmp-{glob.escape(HOST)}-*"):
-        pid = path.name[len(f".{target.name}.tmp-{HOST}-") :].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _process_is_gone(int(pid)):
+    for path in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        if _is_stale(path.name, target.name, owned):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
