@@ -4,14 +4,21 @@ No converter: every Caffe layer the SSDLite heads use has a one- or two-node ONN
 (opset 13): Convolution -> Conv, ReLU6 -> Clip(0, 6), ReLU -> Relu, Eltwise SUM -> Add (Mul for a
 coefficient), Permute -> Transpose, Flatten -> Flatten, Reshape -> Reshape (0 copies a dimension, -1
 is inferred, as in Caffe), Concat -> Concat, Sigmoid -> Sigmoid, Softmax -> Softmax (one axis, as in
-Caffe from opset 13), Slice -> Slice per top; Silence writes nothing. Caffe's in-place layers become
-new tensor names. A layer of another type stops the export with one line naming it.
+Caffe from opset 13), Slice -> Slice per top; Silence writes nothing. A layer of another type stops the
+export with one line naming it.
+
+Every name in the graph (tensors, initializers, nodes) uses only ``[A-Za-z0-9_./-]``, which every importer
+takes: another character becomes ``_``. A Caffe blob's first tensor keeps the blob's name; an in-place layer's
+output is a new tensor, ``blob.1`` then ``blob.2`` (``_1`` would take the name of blobs such as ``Conv_1``),
+and no tensor takes a name another Caffe blob has. The graph's input and outputs keep their blob names
+(``data``, ``loc``, ``scores``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -21,38 +28,67 @@ from ssdlite_coco.export.rewrite import kernel_geometry
 
 OPSET = 13
 INT64_MAX = np.iinfo(np.int64).max
+NOT_PORTABLE = re.compile(r"[^A-Za-z0-9_./-]")
 
 
 class OnnxExportError(SsdliteError):
     """A layer of the head-only net has no ONNX form here; the message names it."""
 
 
-class GraphBuilder:
-    """Nodes and initializers, with Caffe blob names mapped to the newest ONNX tensor of that blob."""
+def portable_name(text: str) -> str:
+    """``text`` with every character outside ``[A-Za-z0-9_./-]`` replaced by ``_``."""
+    return NOT_PORTABLE.sub("_", text) or "_"
 
-    def __init__(self, params: dict[str, list[np.ndarray]]):
+
+def first_free(text: str, taken: Callable[[str], bool]) -> str:
+    """``portable_name(text)``, else the first of ``name.1``, ``name.2``... that is not ``taken``."""
+    base = portable_name(text)
+    name, count = base, 0
+    while taken(name):
+        count += 1
+        name = f"{base}.{count}"
+    return name
+
+
+class GraphBuilder:
+    """Nodes and initializers, with Caffe blob names mapped to the newest ONNX tensor of that blob.
+
+    ``blobs``: every blob of the net (a portable blob name is kept for that blob's first tensor);
+    ``outputs``: output blob -> how many layers write it (its last tensor gets the blob's name).
+    """
+
+    def __init__(
+        self, params: dict[str, list[np.ndarray]], blobs: Iterable[str] = (), outputs: dict[str, int] | None = None
+    ):
         self.params = params
         self.nodes: list = []
         self.initializers: list = []
         self.current: dict[str, str] = {}
         self.used: set[str] = set()
+        self.node_names: set[str] = set()
+        self.owners = {blob: blob for blob in blobs if portable_name(blob) == blob}
+        self.writes_left = dict(outputs or {})
 
     def tensor(self, blob: str) -> str:
         return self.current[blob]
 
-    def new_name(self, blob: str) -> str:
-        name, count = blob, 0
-        while name in self.used:
-            count += 1
-            name = f"{blob}#{count}"
+    def _unique(self, text: str, owner) -> str:
+        """A portable, unused name from ``text``, not one that another Caffe blob than ``owner`` has."""
+        name = first_free(text, lambda name: name in self.used or self.owners.get(name, owner) != owner)
         self.used.add(name)
-        self.current[blob] = name
         return name
+
+    def new_name(self, blob: str) -> str:
+        left = self.writes_left.get(blob, 0)
+        if left:  # an output blob written again later: this tensor leaves the blob's own name to the last one
+            self.writes_left[blob] = left - 1
+        self.current[blob] = self._unique(blob, (blob, "earlier") if left > 1 else blob)
+        return self.current[blob]
 
     def constant(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
 
-        self.used.add(name)
+        name = self._unique(name, None)
         self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
@@ -60,7 +96,9 @@ class GraphBuilder:
         from onnx import helper
 
         outputs = [self.new_name(top) for top in tops]
-        self.nodes.append(helper.make_node(op, inputs, outputs, name=f"{layer_name}/{op}", **attributes))
+        name = first_free(f"{layer_name}/{op}", self.node_names.__contains__)
+        self.node_names.add(name)
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attributes))
 
 
 def _convolution(builder: GraphBuilder, layer) -> None:
@@ -174,7 +212,8 @@ def heads_onnx_model(heads_param, params: dict[str, list[np.ndarray]], shapes: d
     """The ONNX ModelProto of a head-only net (``shapes``: every blob's shape, from pycaffe)."""
     from onnx import TensorProto, helper
 
-    builder = GraphBuilder(params)
+    blobs = [*heads_param.input, *(top for layer in heads_param.layer for top in layer.top)]
+    builder = GraphBuilder(params, blobs, {name: blobs.count(name) for name in (LOC, SCORES)})
     input_name = heads_param.input[0] if len(heads_param.input) else None
     for layer in heads_param.layer:
         if layer.type == "Input":
@@ -186,8 +225,8 @@ def heads_onnx_model(heads_param, params: dict[str, list[np.ndarray]], shapes: d
         _convert_layer(builder, layer, shapes)
     graph = helper.make_graph(
         builder.nodes,
-        f"{heads_param.name or 'ssd'}",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shapes[input_name]))],
+        portable_name(heads_param.name or "ssd"),
+        [helper.make_tensor_value_info(builder.tensor(input_name), TensorProto.FLOAT, list(shapes[input_name]))],
         [
             helper.make_tensor_value_info(builder.tensor(name), TensorProto.FLOAT, list(shapes[name]))
             for name in (LOC, SCORES)
