@@ -336,7 +336,7 @@ def test_make_model_script_generates_and_records(tmp_path, model_data):
         tmp_path,
         model_data,
         {"mode": "generate", "num_classes": "auto", "augmentation": False, "test_batch_size": 4},
-        {"max_iter": 50, "snapshot_prefix": "resources/snapshots/demo"},
+        {"max_iter": 50},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok:" in result.stdout and "1917 priors" in result.stdout
@@ -347,7 +347,8 @@ def test_make_model_script_generates_and_records(tmp_path, model_data):
     assert 4.2e6 < record["deploy_check"]["learnable_parameters"] < 4.45e6
     solver = (out / "solver.prototxt").read_text()
     assert f'train_net: "{out / "train.prototxt"}"' in solver and "max_iter: 50" in solver
-    assert (tmp_path / "resources" / "snapshots").is_dir()
+    assert 'snapshot_prefix: "resources/snapshots/caffe_train/mobilenetv2_ssdlite"' in solver
+    assert (tmp_path / "resources/snapshots/caffe_train").is_dir()  # `caffe train` by hand needs it
     train = (out / "train.prototxt").read_text()
     assert 'source: "results/lmdb/trainval_lmdb"' in train and str(model_data.labelmap) in train
 

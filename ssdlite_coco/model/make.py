@@ -32,7 +32,12 @@ from ssdlite_coco.model.nets import (
     supports_augmentation,
 )
 from ssdlite_coco.model.patcher import PatchSettings, patch_net, patch_solver
-from ssdlite_coco.model.solver import SolverOptions, build_solver, count_test_iterations
+from ssdlite_coco.model.solver import (
+    HAND_RUN_SNAPSHOT_PREFIX,
+    SolverOptions,
+    build_solver,
+    count_test_iterations,
+)
 
 MODEL_FILES = ("train", "test", "deploy", "solver")
 # In mode patch, the solver settings that the config decides (everything else is the user's solver's).
@@ -154,7 +159,7 @@ def patch_model(
         paths["train"],
         paths["test"],
         test_iter,
-        solver_options.snapshot_prefix,
+        HAND_RUN_SNAPSHOT_PREFIX,
         device,
         solver_options.test_interval,
         where=str(sources["solver"]),
@@ -271,7 +276,7 @@ def make_model(
             record["deploy_check"] = inspect_deploy(probe.name)
     for role, path in outputs.items():
         atomic_write_text(path, texts[role])
-    # Caffe refuses to start when the snapshot folder is missing.
-    Path(record["solver"]["snapshot_prefix"]).parent.mkdir(parents=True, exist_ok=True)
+    # `caffe train` by hand refuses to start when the snapshot folder is missing.
+    Path(HAND_RUN_SNAPSHOT_PREFIX).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config_out, json.dumps(record, indent=2) + "\n")
     return record

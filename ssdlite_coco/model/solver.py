@@ -19,6 +19,9 @@ SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine")
 # Caffe refuses a momentum with these solvers.
 NO_MOMENTUM = ("AdaGrad", "RMSProp")
+# Where `caffe train --solver results/model/solver.prototxt`, run by hand, writes its snapshots (Caffe
+# requires a prefix). Rule train ignores it: it keeps its own under resources/snapshots/run-<key>/.
+HAND_RUN_SNAPSHOT_PREFIX = "resources/snapshots/caffe_train/mobilenetv2_ssdlite"
 
 
 class SolverError(SsdliteError):
@@ -43,7 +46,6 @@ class SolverOptions:
     weight_decay: float = schema_default("solver.weight_decay")
     max_iter: int = schema_default("solver.max_iter")
     snapshot: int = schema_default("solver.snapshot")
-    snapshot_prefix: str = schema_default("solver.snapshot_prefix")
     test_interval: int = schema_default("solver.test_interval")
     test_initialization: bool = schema_default("solver.test_initialization")
     display: int = schema_default("solver.display")
@@ -128,7 +130,7 @@ def build_solver(
     solver.weight_decay = options.weight_decay
     solver.max_iter = options.max_iter
     solver.snapshot = options.snapshot
-    solver.snapshot_prefix = options.snapshot_prefix
+    solver.snapshot_prefix = HAND_RUN_SNAPSHOT_PREFIX
     solver.snapshot_after_train = True
     solver.display = options.display
     solver.average_loss = options.average_loss
