@@ -38,7 +38,7 @@ rule export:
         check_images=EXPORT["fold_check_images"],
         fold_tolerance=EXPORT["fold_tolerance"],
         fold_noise_factor=EXPORT["fold_noise_factor"],
-        score_threshold=EVALUATE["report_score_threshold"],
+        score_threshold=EXPORT["match_score_threshold"],
         calibration_images=EXPORT["calibration_images"],
         verify_images=EXPORT["verify_images"],
         tolerance=EXPORT["tolerance"],
@@ -91,7 +91,7 @@ rule export_int8:
         activations=EXPORT["int8_activations"],
         verify_images=EXPORT["verify_images"],
         latency_runs=EXPORT["latency_runs"],
-        score_threshold=EVALUATE["report_score_threshold"],
+        score_threshold=EXPORT["match_score_threshold"],
     shell:
         "logged {log} with-caffe --threads {threads} export_int8.py --export-dir {params.export_dir}"
         " --deploy-net {input.deploy_net} --test-net {input.test_net} --instances {input.instances}"

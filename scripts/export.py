@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=schema_default("export.tolerance"))
     parser.add_argument("--ap-tolerance", type=float, default=schema_default("export.ap_tolerance"))
     parser.add_argument("--latency-runs", type=int, default=schema_default("export.latency_runs"))
-    parser.add_argument("--score-threshold", type=float, default=schema_default("evaluate.report_score_threshold"))
+    parser.add_argument("--score-threshold", type=float, default=schema_default("export.match_score_threshold"))
     parser.add_argument(
         "--no-rewrites",
         action="store_true",

@@ -30,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--activations", choices=["int8", "uint8"], default=schema_default("export.int8_activations"))
     parser.add_argument("--verify-images", type=int, default=schema_default("export.verify_images"), help="0: all")
     parser.add_argument("--latency-runs", type=int, default=schema_default("export.latency_runs"))
-    parser.add_argument("--score-threshold", type=float, default=schema_default("evaluate.report_score_threshold"))
+    parser.add_argument("--score-threshold", type=float, default=schema_default("export.match_score_threshold"))
     parser.add_argument("--threads", type=int, default=1, help="threads of every runtime (the rule's threads)")
     return parser
 

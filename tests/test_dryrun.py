@@ -90,3 +90,18 @@ def test_int8_off_leaves_its_rules_out_of_the_plan(repo_root, tmp_path):
     plan = planned_rules(result.stdout)
     assert "export" in plan and "report_export" in plan, plan
     assert "export_int8" not in plan and "report_int8" not in plan, plan
+
+
+def test_the_export_check_and_the_report_have_their_own_score_thresholds(repo_root, tmp_path):
+    """Changing the report's drawing threshold must not move the export check's gate, and the other way round."""
+    workdir = copy_workflow(repo_root, tmp_path / "workflow")
+    config = ["export={match_score_threshold: 0.45}", "evaluate={report_score_threshold: 0.6}"]
+    args = ["-n", "-p", "--cores", "1", "--configfile", "config/config.yaml", "--config", *config]
+    result = run_snakemake(workdir, args)
+    assert result.returncode == 0, output_tail(result)
+    commands = [line for line in result.stdout.splitlines() if "--score-threshold" in line]
+    thresholds = {
+        script: {line.split("--score-threshold ")[1].split()[0] for line in commands if f"{script} " in line}
+        for script in ("export.py", "export_int8.py", "plot_report.py")
+    }
+    assert thresholds == {"export.py": {"0.45"}, "export_int8.py": {"0.45"}, "plot_report.py": {"0.6"}}, commands

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ssdlite_coco.common.atomic import atomic_write_text
+from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.export.make import ExportPaths
 from ssdlite_coco.export.preprocess import preprocess_as
 from ssdlite_coco.export.runtimes import (
@@ -30,10 +31,10 @@ REFERENCE = "pycaffe (trained net)"
 @dataclass
 class CheckSettings:
     threads: int = 1
-    tolerance: float = 1e-3
-    ap_tolerance: float = 0.005
-    latency_runs: int = 50
-    score_threshold: float = 0.3
+    tolerance: float = schema_default("export.tolerance")
+    ap_tolerance: float = schema_default("export.ap_tolerance")
+    latency_runs: int = schema_default("export.latency_runs")
+    score_threshold: float = schema_default("export.match_score_threshold")
 
 
 def versions() -> dict[str, str]:
