@@ -1,6 +1,7 @@
 # Rules of the export stage (see models/README.md, "Deploying"): results/export/ holds the deploy net
 # with BatchNorm folded and runtime-safe rewrites (caffe/), the head-only net with its priors (caffe-heads/),
-# its ONNX form (onnx/), the preprocessing, calibration images, and the check in every runtime (verify.json).
+# both with ReLU6 as BVLC Caffe's Clip (caffe-clip/), its ONNX form (onnx/), the preprocessing, calibration
+# images, and the check in every runtime (verify.json).
 
 
 rule export:
@@ -22,6 +23,10 @@ rule export:
         heads_weights=f"{EXPORT_DIR}/caffe-heads/heads.caffemodel",
         priors=f"{EXPORT_DIR}/caffe-heads/priors.npy",
         decode=f"{EXPORT_DIR}/caffe-heads/decode.json",
+        clip_prototxt=f"{EXPORT_DIR}/caffe-clip/deploy.prototxt",
+        clip_weights=f"{EXPORT_DIR}/caffe-clip/deploy.caffemodel",
+        clip_heads_prototxt=f"{EXPORT_DIR}/caffe-clip/heads.prototxt",
+        clip_heads_weights=f"{EXPORT_DIR}/caffe-clip/heads.caffemodel",
         onnx=f"{EXPORT_DIR}/onnx/heads.onnx",
         preprocess=f"{EXPORT_DIR}/preprocess.json",
         calibration=directory(f"{EXPORT_DIR}/calibration"),
@@ -33,6 +38,8 @@ rule export:
     conda:
         "../envs/export.yaml"
     threads: rule_threads(config, "export")
+    resources:
+        **rule_resources(config, "export"),
     params:
         out_dir=export_out_dir,
         check_images=EXPORT["fold_check_images"],
@@ -83,6 +90,8 @@ rule export_int8:
     conda:
         "../envs/export.yaml"
     threads: rule_threads(config, "export_int8")
+    resources:
+        **rule_resources(config, "export_int8"),
     params:
         export_dir=export_dir_of,
         out_dir=int8_out_dir,

@@ -17,6 +17,8 @@ rule make_labelmap:
         "logs/labelmap/make_labelmap.log",
     conda:
         "../envs/caffe.yaml"
+    resources:
+        **rule_resources(config, "make_labelmap"),
     params:
         mode=LABELMAP["mode"],
         user_labelmap=LABELMAP["file"],

@@ -29,6 +29,8 @@ rule plot_report:
         "logs/report/plot_report.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **rule_resources(config, "plot_report"),
     params:
         num_images=config["evaluate"]["report_images"],
         score_threshold=config["evaluate"]["report_score_threshold"],
@@ -54,6 +56,8 @@ rule report_export:
         "logs/report/report_export.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **rule_resources(config, "report_export"),
     shell:
         "logged {log} export_report.py --verify {input.verify} --export-html {output.page}"
 
@@ -77,6 +81,8 @@ rule report_int8:
         "logs/report/report_int8.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **rule_resources(config, "report_int8"),
     shell:
         "logged {log} export_report.py --int8 {input.summary} --int8-html {output.page}"
         " --int8-png {output.plot}"
@@ -96,5 +102,7 @@ rule report_model:
         "logs/report/report_model.log",
     conda:
         "../envs/report.yaml"
+    resources:
+        **rule_resources(config, "report_model"),
     shell:
         "logged {log} model_report.py --coverage {input.coverage} --coverage-html {output.page}"

@@ -12,6 +12,8 @@ rule fetch_initial_weights:
         "logs/train/fetch_initial_weights.log",
     conda:
         "../envs/data.yaml"
+    resources:
+        **rule_resources(config, "fetch_initial_weights"),
     params:
         source=TRAIN["initial_weights"],
         sha256=TRAIN["initial_weights_sha256"],
@@ -34,7 +36,9 @@ rule convert_initial_weights:
         "logs/train/convert_initial_weights.log",
     conda:
         "../envs/caffe.yaml"
-    threads: 1
+    threads: rule_threads(config, "convert_initial_weights")
+    resources:
+        **rule_resources(config, "convert_initial_weights"),
     params:
         format=WEIGHTS_FORMAT,
     shell:

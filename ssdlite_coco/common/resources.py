@@ -14,12 +14,15 @@ The keys returned are the standard ones Snakemake and its SLURM executor plugin 
 
 from __future__ import annotations
 
+from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
 
 RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task", "gpus")
 
-# Used when the config has no ``resources`` section at all (e.g. a config that was not validated).
-BUILTIN_DEFAULTS = {"mem_mb": 2000, "runtime": 60, "cpus_per_task": 1, "gpus": 0}
+
+def schema_resource_defaults() -> dict[str, int]:
+    """``resources.default`` of config/schema.yaml, for a config that lacks keys (one that was not validated)."""
+    return {key: schema_default(f"resources.default.{key}") for key in RESOURCE_KEYS}
 
 
 class ResourceConfigError(SsdliteError):
@@ -29,7 +32,7 @@ class ResourceConfigError(SsdliteError):
 def effective_resources(config: dict, rule_name: str) -> dict[str, int]:
     """The four resource values for ``rule_name``: its overrides on top of ``resources.default``."""
     section = config.get("resources") or {}
-    defaults = dict(BUILTIN_DEFAULTS)
+    defaults = schema_resource_defaults()
     defaults.update({key: value for key, value in (section.get("default") or {}).items() if value is not None})
     overrides = (section.get("rules") or {}).get(rule_name) or {}
     values = dict(defaults)
@@ -38,7 +41,8 @@ def effective_resources(config: dict, rule_name: str) -> dict[str, int]:
         value = values.get(key)
         minimum = 0 if key == "gpus" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            where = f"resources.rules.{rule_name}.{key}" if key in overrides else f"resources.default.{key}"
+            overridden = overrides.get(key) is not None  # a validated config has every key, null = the default
+            where = f"resources.rules.{rule_name}.{key}" if overridden else f"resources.default.{key}"
             raise ResourceConfigError(f"config key '{where}' must be an integer >= {minimum}, got {value!r}")
     return {key: values[key] for key in RESOURCE_KEYS}
 
