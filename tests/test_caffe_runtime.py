@@ -12,8 +12,9 @@ import pytest
 from google.protobuf import text_format
 
 from tests.support.helpers import run_python, write_annotated_lmdb
+from tests.support.pycaffe import require_caffe
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe (make test does)")
+caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 SSD_LAYER_TYPES = [

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from tests.support.pycaffe import require_caffe
 from tests.support.tiny_ssd import make_tiny_world, solver_text
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
+caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.weights import read_caffemodel  # noqa: E402

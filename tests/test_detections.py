@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from tests.support.helpers import caffe_logs_env
+from tests.support.pycaffe import require_caffe
 from tests.support.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
+caffe = require_caffe()
 
 from ssdlite_coco.evaluate.detection_eval import DetectionEvalAccumulator, compute_ap  # noqa: E402
 from ssdlite_coco.evaluate.test_net import (  # noqa: E402

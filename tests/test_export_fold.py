@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from tests.support.pycaffe import require_caffe
 from tests.support.tiny_ssd import deploy_net_text, make_tiny_world
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
+caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, read_caffemodel  # noqa: E402

@@ -5,12 +5,11 @@ what pycaffe does, with its input and outputs named ``data``, ``loc`` and ``scor
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.support.tiny_ssd import SIZE, deploy_net_text
+from tests.support.tiny_ssd import SIZE, trained_like_deploy
 
 caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
 onnx = pytest.importorskip("onnx")
@@ -55,27 +54,8 @@ def _relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got - expected).max() / max(1.0, float(np.abs(expected).max())))
 
 
-def _tiny_deploy(folder: Path) -> tuple[Path, Path]:
-    """The tiny SSD deploy net (Convolution + BatchNorm + Scale + in-place ReLU6), trained-like weights."""
-    prototxt = folder / "deploy.prototxt"
-    prototxt.write_text(deploy_net_text())
-    caffe.set_random_seed(7)
-    net = caffe.Net(str(prototxt), caffe.TEST)
-    rng = np.random.default_rng(7)
-    for name, blobs in net.params.items():
-        if len(blobs) == 3 and blobs[2].data.size == 1:  # BatchNorm
-            blobs[0].data[...] = rng.normal(0, 0.3, blobs[0].data.shape)
-            blobs[1].data[...] = rng.uniform(0.3, 3.0, blobs[1].data.shape)
-            blobs[2].data[...] = 1.0
-        elif name.endswith("/scale"):
-            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
-            blobs[1].data[...] = rng.normal(0, 0.1, blobs[1].data.shape)
-    net.save(str(folder / "deploy.caffemodel"))
-    return prototxt, folder / "deploy.caffemodel"
-
-
 def test_the_exported_heads_and_their_int8_models_have_portable_names(tmp_path):
-    prototxt, weights = _tiny_deploy(tmp_path)
+    prototxt, weights = trained_like_deploy(tmp_path, seed=7, variance=(0.3, 3.0), scale=(0.5, 1.5), bias=(0.0, 0.1))
     paths = ExportPaths(tmp_path / "export")
     heads = make_heads(make_deploy(prototxt, weights, paths), paths, str(prototxt))
     names = assert_portable_and_unique(onnx.load(str(paths.onnx)))

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-caffe = pytest.importorskip("caffe")
+from tests.support.pycaffe import require_caffe
+
+caffe = require_caffe()
 
 RTOL = 2e-4
 

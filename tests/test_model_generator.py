@@ -14,8 +14,9 @@ import pytest
 
 from tests.support.helpers import train_steps
 from tests.support.model_data import make_model_data
+from tests.support.pycaffe import require_caffe
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe (make test does)")
+caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.prototxt import format_prototxt, parse_prototxt  # noqa: E402
@@ -291,7 +292,6 @@ def test_generated_nets_train_on_a_real_lmdb(tmp_path, model_data, augmentation)
             display=1,
             snapshot=0,
             random_seed=1,
-            snapshot_prefix=str(tmp_path / "snap"),
         ),
         "train.prototxt",
         "test.prototxt",

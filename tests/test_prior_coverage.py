@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe (make test does)")
+from tests.support.pycaffe import require_caffe
+
+caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.prototxt import format_prototxt, read_prototxt  # noqa: E402

@@ -14,8 +14,9 @@ from google.protobuf import text_format
 
 from tests.support.helpers import train_steps
 from tests.support.model_data import make_model_data
+from tests.support.pycaffe import require_caffe
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe (make test does)")
+caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.prototxt import PrototxtError, format_prototxt, read_prototxt  # noqa: E402

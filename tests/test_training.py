@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 
 from tests.support.http_server import FileServer
+from tests.support.pycaffe import require_caffe
 from tests.support.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
+caffe = require_caffe()
 
 from ssdlite_coco.caffe_tools.device import DeviceError, select_device  # noqa: E402
 from ssdlite_coco.caffe_tools.weights import (  # noqa: E402

@@ -109,20 +109,17 @@ def test_bad_settings_are_named():
     assert "train.divergence_displays is 0" in settings_problem(10, 0)
 
 
-def test_the_message_names_base_lr_the_warm_up_keys_and_the_kept_snapshot(monkeypatch, tmp_path):
+def test_the_message_names_base_lr_the_warm_up_keys_and_the_kept_snapshot(tmp_path):
     snapshot = {"iteration": 30, "caffemodel": tmp_path / "snapshot_iter_30.caffemodel"}
     solver = tmp_path / "solver.prototxt"
     message = divergence_message("the loss diverged at iteration 59: ...", solver, 0.01, 50.0, snapshot)
     assert f"lower solver.base_lr (base_lr: 0.01 in {solver}, the rate was 50 then)" in message
-    # the schema's solver section has no warm-up key yet: the message says so instead of naming one
-    assert health.warmup_keys() == [] and not any("warm" in key for key in schema_default("solver"))
-    assert "warm-up is not available yet" in message
+    assert "or add warm-up (solver.warmup_iter, solver.warmup_start_factor)" in message
+    assert [f"solver.{key}" for key in schema_default("solver") if "warm" in key] == list(health.WARMUP_KEYS)
     assert f"the last good snapshot is kept: {snapshot['caffemodel']} (iteration 30)" in message
     assert "\n" not in message
     message = divergence_message("v", solver, 0.01, 0.01, None)
     assert "the rate was" not in message and "no snapshot was taken before it" in message
-    monkeypatch.setattr(health, "warmup_keys", lambda: ["solver.warmup_iter"])
-    assert "or add warm-up (solver.warmup_iter)" in divergence_message("v", solver, 0.01, 0.01, None)
 
 
 # `make demo`'s train_log.csv (base_lr 0.005, 500 iterations, display 10): iteration 0's loss, then the mean
@@ -189,7 +186,7 @@ def test_a_rate_that_diverges_mid_run_stops_it_and_keeps_the_snapshot_from_befor
         assert message.startswith("the loss diverged at iteration 59: the loss averaged "), attempt
         assert re.search(r"over iterations 50-59, [\d.e+]+x the first iteration's 2\d\.\d+,", message), message
         assert f"lower solver.base_lr (base_lr: 0.01 in {solver}, the rate was 50 then)" in message
-        assert "warm-up is not available yet" in message
+        assert "or add warm-up (solver.warmup_iter, solver.warmup_start_factor)" in message
         folder = next((out / "snapshots").glob("run-*"))
         assert f"the last good snapshot is kept: {folder / 'snapshot_iter_30.caffemodel'} (iteration 30)" in message
         assert not (out / "final.caffemodel").exists() and not (out / "train_log.csv").exists()

@@ -24,8 +24,12 @@ pytestmark = pytest.mark.slow
 #   2026-12-04, AMD EPYC (2 vCPUs), after patch 0040 (every item's augmentation from its own random stream:
 #   the same seed draws other augmentations; their statistics are unchanged, see the closing note of #22):
 #   COCO AP50 0.5940, AP 0.344, detection_eval 0.581 (0.7722 / 0.480 on the same machine before the patch)
-EXPECTED_DEMO_AP50 = 0.68  # the lower of the two machines
-EXPECTED_DEMO_TOLERANCE = 0.10
+# The floors: two thirds of the lowest figure any CPU gave (AMD after patch 0040). Across the CPUs seen the
+# figures span 0.594-0.830 AP50 (the lowest is 72 % of the highest), so a floor at 2/3 of the lowest leaves
+# at least that spread again below it for a CPU not seen yet; a chain that no longer learns gives AP50 < 0.2
+# (iteration 0: 0.00). Rounding moves the figures from one CPU to the next, not from one run to the next on
+# one CPU: two trainings on one machine give the same weights bit for bit (the test below).
+DEMO_FLOORS = {"AP50": 0.40, "AP": 0.23, "detection_eval": 0.39}
 CHANCE_AP50 = 0.05
 
 FINAL_OUTPUTS = [
@@ -55,6 +59,8 @@ FINAL_OUTPUTS = [
     "results/export/caffe-heads/heads.caffemodel",
     "results/export/caffe-heads/priors.npy",
     "results/export/caffe-heads/decode.json",
+    "results/export/caffe-clip/deploy.prototxt",
+    "results/export/caffe-clip/heads.caffemodel",
     "results/export/onnx/heads.onnx",
     "results/export/preprocess.json",
     "results/export/calibration/list.txt",
@@ -96,24 +102,31 @@ def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
     image_ids = {image["id"] for image in test_images}
     categories = {c["id"] for c in json.loads((workdir / "results/data/test/instances.json").read_text())["categories"]}
     assert all(d["image_id"] in image_ids and d["category_id"] in categories for d in detections)
+    effective = yaml.safe_load((workdir / "results/config.effective.yaml").read_text())["export"]
     fold = json.loads((workdir / "results/export/fold_check.json").read_text())
-    assert fold["max_relative_difference"] < fold["tolerance"], fold
-    check_runtime_rows(workdir, num_images=len(test_images))
+    noise = fold["reference_noise"]["max_relative_difference"]  # measured in this run, recorded by the rule
+    assert 0 < noise < 0.05, fold  # one-ulp weight nudges move a trained net's outputs by far less than 5 %
+    allowed = max(effective["fold_tolerance"], effective["fold_noise_factor"] * noise)  # config/README.md's rule
+    assert fold["tolerance"] == pytest.approx(allowed), fold
+    assert fold["max_relative_difference"] < allowed, fold
+    runtime_allowed = max(effective["tolerance"], effective["fold_noise_factor"] * noise)
+    check_runtime_rows(workdir, num_images=len(test_images), tolerance=runtime_allowed)
     with (workdir / "results/evaluate/metrics.csv").open() as handle:
         assert dict(csv.reader(handle))["coco/AP50"]
     return metrics
 
 
-def check_runtime_rows(workdir: Path, num_images: int) -> None:
+def check_runtime_rows(workdir: Path, num_images: int, tolerance: float) -> None:
     """Every runtime loads the export, agrees with pycaffe on the heads and scores the same COCO AP50."""
     verify = json.loads((workdir / "results/export/verify.json").read_text())
     assert verify["failures"] == [] and verify["images"] == num_images, verify["failures"]
+    assert verify["tolerance"] == pytest.approx(tolerance), verify["tolerance"]
     rows = verify["rows"]
     runtimes = " ".join(row["runtime"] for row in rows)
     assert all(name in runtimes for name in ("pycaffe", "OpenCV DNN 4.", "MNN", "ONNX Runtime")), runtimes
     for row in rows:
         assert row["loads"], row
-        assert max(row["loc_max_difference"], row["scores_max_difference"]) <= verify["tolerance"], row
+        assert max(row["loc_max_difference"], row["scores_max_difference"]) <= tolerance, row
         assert abs(row["AP50"] - rows[0]["AP50"]) <= 0.005, row
         assert row["latency"]["runs"] >= 50 and row["latency"]["median_ms"] > 0, row
     assert "layer_19_2_5_mbox_loc/depthwise" in {rewrite["layer"] for rewrite in verify["rewrites"]}
@@ -125,11 +138,37 @@ def test_demo_reaches_its_expected_map(demo_run):
     )
     fold = json.loads((demo_run / "results/export/fold_check.json").read_text())
     assert fold["max_abs_difference"] < 1e-4, fold  # trained: folding changes the head outputs by < 1e-4
-    ap50 = metrics["stats"]["AP50"]
-    assert ap50 > CHANCE_AP50
-    assert ap50 >= EXPECTED_DEMO_AP50 - EXPECTED_DEMO_TOLERANCE, (
-        f"demo COCO AP50 {ap50:.3f} fell below the expected {EXPECTED_DEMO_AP50} - {EXPECTED_DEMO_TOLERANCE}"
-    )
+    figures = {"AP50": metrics["stats"]["AP50"], "AP": metrics["stats"]["AP"], "detection_eval": None}
+    figures["detection_eval"] = pd.read_csv(demo_run / "results/train/train_log.csv").detection_eval.dropna().iloc[-1]
+    assert figures["AP50"] > CHANCE_AP50
+    low = {name: value for name, value in figures.items() if not value >= DEMO_FLOORS[name]}
+    assert not low, f"demo figures {figures} fell below their floors {DEMO_FLOORS}"
+
+
+def test_two_trainings_on_one_machine_give_identical_weights(demo_run, tmp_path, monkeypatch):
+    """What makes the guard's figures repeatable on one machine: one seed, the same weights bit for bit, with
+    one data thread or two (every item's augmentation comes from its own random stream, patch 0040)."""
+    from ssdlite_coco.train.runner import TrainSettings, read_solver, train
+
+    monkeypatch.chdir(demo_run)  # the nets name the LMDBs relative to the workflow
+    solver = read_solver("results/model/solver.prototxt")
+    solver.max_iter, solver.train_net = 12, str(demo_run / solver.train_net)
+    del solver.test_net[:], solver.test_iter[:]
+    solver.ClearField("test_interval")
+    (tmp_path / "solver.prototxt").write_text(str(solver))
+    weights = []
+    for threads in (1, 2):
+        out = tmp_path / f"threads{threads}"
+        settings = TrainSettings(
+            solver=tmp_path / "solver.prototxt",
+            weights_out=out / "final.caffemodel",
+            log_csv_out=out / "train_log.csv",
+            snapshot_root=out / "snapshots",
+            data_threads=threads,
+        )
+        train(settings, log=lambda message: None)
+        weights.append((out / "final.caffemodel").read_bytes())
+    assert weights[0] == weights[1]
 
 
 def test_whole_chain_on_real_coco_images(repo_root, coco_mini_dir, tmp_path):

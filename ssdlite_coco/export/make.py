@@ -5,6 +5,8 @@ Under ``results/export/``:
 * ``caffe/deploy.{prototxt,caffemodel}``: BatchNorm/Scale folded, plus the runtime-safe rewrites
   (``ssdlite_coco.export.rewrite``); ``fold_check.json``: folded against unfolded in pycaffe;
 * ``caffe-heads/heads.{prototxt,caffemodel}``, ``priors.npy``, ``decode.json`` (``export.heads``);
+* ``caffe-clip/{deploy,heads}.{prototxt,caffemodel}``: both Caffe nets with every ReLU6 as BVLC Caffe's ``Clip``
+  (``export.rewrite.relu6_as_clip``), for toolchains that do not know ReLU6;
 * ``onnx/heads.onnx`` (``export.onnx_heads``);
 * ``preprocess.json``, ``calibration/`` (N images of the calibration split, training in the workflow, as the
   nets take them, ``.npy`` + ``list.txt``);
@@ -28,7 +30,7 @@ from ssdlite_coco.export.fold import fold_deploy, input_shape, save_net
 from ssdlite_coco.export.heads import detection_output_settings, heads_net
 from ssdlite_coco.export.onnx_heads import write_heads_onnx
 from ssdlite_coco.export.preprocess import preprocess_as, preprocess_document
-from ssdlite_coco.export.rewrite import rename_duplicate_layers, rewrite_one_by_one_inputs
+from ssdlite_coco.export.rewrite import relu6_as_clip, rename_duplicate_layers, rewrite_one_by_one_inputs
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,14 @@ class ExportPaths:
     @property
     def heads(self) -> tuple[Path, Path]:
         return self.root / "caffe-heads/heads.prototxt", self.root / "caffe-heads/heads.caffemodel"
+
+    @property
+    def deploy_clip(self) -> tuple[Path, Path]:
+        return self.root / "caffe-clip/deploy.prototxt", self.root / "caffe-clip/deploy.caffemodel"
+
+    @property
+    def heads_clip(self) -> tuple[Path, Path]:
+        return self.root / "caffe-clip/heads.prototxt", self.root / "caffe-clip/heads.caffemodel"
 
     @property
     def priors(self) -> Path:
@@ -72,7 +82,7 @@ def blob_shapes(net_param, params: dict[str, list[np.ndarray]] | None = None) ->
 
 
 def make_deploy(deploy_net, weights, paths: ExportPaths, rewrite: bool = True) -> dict[str, Any]:
-    """Fold, rewrite (unless ``rewrite`` is false) and write ``caffe/deploy.*``; the folded chains and rewrites."""
+    """Fold, rewrite (unless ``rewrite`` is false), write ``caffe/deploy.*`` and ``caffe-clip/deploy.*``."""
     folded_param, params, folded = fold_deploy(deploy_net, weights)
     rewrites = []
     if rewrite:
@@ -80,11 +90,12 @@ def make_deploy(deploy_net, weights, paths: ExportPaths, rewrite: bool = True) -
         rewrites = rewrite_one_by_one_inputs(folded_param, params, shapes)
         rewrites += rename_duplicate_layers(folded_param, set(params))
     save_net(folded_param, params, *paths.deploy)
+    save_net(relu6_as_clip(folded_param), params, *paths.deploy_clip)
     return {"param": folded_param, "params": params, "folded": folded, "rewrites": rewrites}
 
 
 def make_heads(deploy: dict[str, Any], paths: ExportPaths, source: str) -> dict[str, Any]:
-    """Write ``caffe-heads/``, ``priors.npy``, ``decode.json`` and ``onnx/heads.onnx``."""
+    """Write ``caffe-heads/``, its Clip variant, ``priors.npy``, ``decode.json`` and ``onnx/heads.onnx``."""
     param, params = deploy["param"], deploy["params"]
     _, net = blob_shapes(param, params)
     heads = heads_net(param, source)
@@ -93,6 +104,7 @@ def make_heads(deploy: dict[str, Any], paths: ExportPaths, source: str) -> dict[
     priors = np.asarray(net.blobs[detection.bottom[2]].data, np.float32).reshape(2, -1, 4)
     heads_params = {layer.name: params[layer.name] for layer in heads.layer if layer.name in params}
     save_net(heads, heads_params, *paths.heads)
+    save_net(relu6_as_clip(heads), heads_params, *paths.heads_clip)
     with atomic_path(paths.priors) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, priors)

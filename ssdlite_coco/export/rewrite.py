@@ -9,6 +9,10 @@
   ``slice``) get their top's name; converters that key layers by name otherwise mix them up.
 
 Each rewrite is reported as a ``Rewrite`` (layer, kind, what changed) in the export's report.
+
+``relu6_as_clip`` makes the ``caffe-clip/`` variant rather than rewriting the main export: every ReLU6
+(not a BVLC Caffe layer type; an importer that does not know it drops it without a word) written as
+BVLC Caffe's ``Clip`` with ``clip_param { min: 0 max: 6 }``, the same function.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+
+from ssdlite_coco.common.errors import SsdliteError
 
 
 @dataclass(frozen=True)
@@ -99,3 +105,22 @@ def rename_duplicate_layers(net_param, with_weights: set[str] = frozenset()) -> 
         rewrites.append(Rewrite(candidate, "unique_name", f"layer {index} was named {layer.name!r} like others"))
         layer.name = candidate
     return rewrites
+
+
+def relu6_as_clip(net_param):
+    """A copy of ``net_param`` with every ReLU6 layer as ``Clip`` (min 0, max its threshold); same names and blobs."""
+    clipped = type(net_param)()
+    clipped.CopyFrom(net_param)
+    for layer in clipped.layer:
+        if layer.type != "ReLU6":
+            continue
+        relu6 = layer.relu6_param
+        if relu6.negative_slope != 0 or relu6.threshold <= 0:
+            raise SsdliteError(
+                f"ReLU6 layer {layer.name!r} (negative_slope {relu6.negative_slope}, threshold {relu6.threshold}) "
+                "is not a Clip: only negative_slope 0 and a positive threshold are"
+            )
+        layer.type = "Clip"
+        layer.clip_param.min, layer.clip_param.max = 0.0, relu6.threshold
+        layer.ClearField("relu6_param")
+    return clipped

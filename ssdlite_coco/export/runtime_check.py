@@ -61,6 +61,12 @@ def runtime_factories(paths: ExportPaths, heads: dict[str, Any], workdir: Path, 
         "pycaffe heads + decode_detections": lambda: CaffeHeadsRuntime(
             *paths.heads, heads["priors"], heads["settings"]
         ),
+        # caffe-clip/: ReLU6 as Clip. OpenCV DNN 4.14 (no Clip layer for Caffe) and MNN 3.6.1's Caffe converter
+        # ("These Op Not Support: Caffe::Clip") refuse it, so only pycaffe checks it (models/README.md)
+        "pycaffe Clip": lambda: PycaffeRuntime(*paths.deploy_clip, heads["loc_blob"], conf, classes),
+        "pycaffe Clip heads + decode_detections": lambda: CaffeHeadsRuntime(
+            *paths.heads_clip, heads["priors"], heads["settings"]
+        ),
         f"OpenCV DNN {known['opencv']}": lambda: OpenCVRuntime(
             *paths.deploy, heads["loc_blob"], conf, classes, threads
         ),

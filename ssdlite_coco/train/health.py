@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ssdlite_coco.common.config import schema_defaults
+# what the divergence message offers besides a lower base_lr (config/schema.yaml's solver section)
+WARMUP_KEYS = ("solver.warmup_iter", "solver.warmup_start_factor")
 
 
 def settings_problem(factor: float, displays: int) -> str | None:
@@ -110,11 +111,6 @@ class LossGuard:
         self.warning = None
 
 
-def warmup_keys() -> list[str]:
-    """The config's warm-up keys of the solver section (none yet)."""
-    return [f"solver.{key}" for key in schema_defaults().get("solver", {}) if "warm" in key]
-
-
 def divergence_message(
     verdict: str, solver_path: Path, base_lr: float, rate: float, snapshot: dict[str, Any] | None
 ) -> str:
@@ -122,8 +118,7 @@ def divergence_message(
     the iteration, named when the schedule has moved it off base_lr), the snapshot that is kept."""
     now = f", the rate was {rate:g} then" if not math.isclose(rate, base_lr) else ""
     change = f"lower solver.base_lr (base_lr: {base_lr:g} in {solver_path}{now})"
-    keys = warmup_keys()
-    change += f" or add warm-up ({', '.join(keys)})" if keys else "; warm-up is not available yet"
+    change += f" or add warm-up ({', '.join(WARMUP_KEYS)})"
     if snapshot is None:
         kept = "no snapshot was taken before it"
     else:

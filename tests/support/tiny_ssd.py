@@ -150,6 +150,33 @@ layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 1 d
 """ + _body_and_heads("deploy", num_classes)
 
 
+def trained_like_deploy(
+    folder: Path, seed: int, variance: tuple[float, float], scale: tuple[float, float], bias: tuple[float, float]
+) -> tuple[Path, Path]:
+    """The deploy net (in-place ReLU6 after every convolution) with trained-like weights: BatchNorm variances
+    uniform in ``variance``, Scale factors uniform in ``scale``, biases normal with ``bias`` = (mean, sd), so
+    folding and clipping at 6 both matter; ``folder/deploy.{prototxt,caffemodel}``."""
+    import numpy as np
+
+    import caffe
+
+    prototxt = folder / "deploy.prototxt"
+    prototxt.write_text(deploy_net_text())
+    caffe.set_random_seed(seed)
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    rng = np.random.default_rng(seed)
+    for name, blobs in net.params.items():
+        if len(blobs) == 3 and blobs[2].data.size == 1:  # BatchNorm
+            blobs[0].data[...] = rng.normal(0, 0.3, blobs[0].data.shape)
+            blobs[1].data[...] = rng.uniform(*variance, blobs[1].data.shape)
+            blobs[2].data[...] = 1.0
+        elif name.endswith("/scale"):
+            blobs[0].data[...] = rng.uniform(*scale, blobs[0].data.shape)
+            blobs[1].data[...] = rng.normal(*bias, blobs[1].data.shape)
+    net.save(str(folder / "deploy.caffemodel"))
+    return prototxt, folder / "deploy.caffemodel"
+
+
 def solver_text(
     train_net: Path,
     test_net: Path,
