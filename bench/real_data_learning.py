@@ -6,17 +6,22 @@ at iterations 0, 250, 500 and 1000 (a training-set score: it shows learning, not
 The data, label map, LMDBs, prototxts and converted weights come from the real workflow (a copy of the
 checkout per row, `snakemake --omit-from train`); training is the train rule's runner (health guard on).
 
-Rows: the demo's SGD, config/coco.yaml's solver before (Caffe RMSProp at TF's rate) and after (SGD with
-momentum, TF's rule) issue #23, config/coco-scratch.yaml's (SGD, warm-up, cosine), each from the
-fillers, and coco.yaml's from a converted ImageNet-format start (random torchvision weights, BatchNorm
-statistics measured on coco-mini). Every solver is scaled to batch 8 as config/README.md says: base_lr
-x 8 / (the recipe's batch x iter_size). Two short runs from the converted start (100 iterations, each
-coco.yaml solver) measure how far the first backbone layers move.
+Rows: the demo's SGD (with and without augmentation), config/coco.yaml's solver before issue #23 (Caffe
+RMSProp at TF's rate), SGD with momentum at TF's rate, coco.yaml's TF RMSProp (patch 0043),
+config/coco-scratch.yaml's (SGD, warm-up, cosine), each from the fillers, and coco.yaml's from a
+converted ImageNet-format start (random torchvision weights, BatchNorm statistics measured on coco-mini).
+Every solver is scaled to batch 8 as config/README.md says: base_lr x 8 / (the recipe's batch x
+iter_size). Three short runs from the converted start (100 iterations, one per optimizer) measure how far
+the first backbone layers move. Each snapshot is scored twice: as
+trained, and with its BatchNorm statistics re-estimated on 40 training batches (PreciseBN), since a
+short run's running averages (coco.yaml's decay 0.9997 spans ~3,000 iterations) still hold the
+statistics of the first iterations' weights.
 
     scripts/with-caffe python bench/real_data_learning.py --rows demo-sgd coco-rmsprop-tf-rate --threads 1
     scripts/with-caffe python bench/real_data_learning.py --table     # bench/README.md's table + figure
 
-About 20 minutes a row on 2 cores; rows write OUT/<row>/result.json and are skipped when it exists.
+About 20 minutes a row on 2 cores; rows write OUT/<row>/result.json and are skipped when it exists (a
+row scored without PreciseBN is scored again).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ssdlite_coco.caffe_tools.weights import read_caffemodel  # noqa: E402
 from ssdlite_coco.evaluate.coco_scoring import evaluate_test_split  # noqa: E402
 from ssdlite_coco.train.runner import TrainingError, TrainSettings, train  # noqa: E402
 from tests.support.workflow_run import copy_workflow, output_tail, run_snakemake  # noqa: E402
@@ -46,6 +52,7 @@ from tests.support.workflow_run import copy_workflow, output_tail, run_snakemake
 COCO_MINI = ROOT.parent / "shared/datasets/coco-mini"
 SCORED_AT = (0, 250, 500, 1000)
 BATCH = 8
+PRECISE_BN_BATCHES = 40  # 320 augmented training images per re-estimate
 FIRST_LAYERS = ("Conv", "conv/depthwise", "conv/project", "conv_1/expand")  # the first backbone convolutions
 
 
@@ -55,27 +62,34 @@ class Row:
     recipe: str  # the config file whose model and solver sections the row takes
     description: str
     solver: dict = field(default_factory=dict)  # replaces the recipe's solver keys (before scaling)
+    model: dict = field(default_factory=dict)  # replaces the recipe's model keys
     start: str = "fillers"  # or "converted"
     max_iter: int = SCORED_AT[-1]
 
 
 # config/coco.yaml's solver before issue #23: TF's RMSProp settings written onto Caffe's RMSProp
-TF_RATE_RMSPROP = {"type": "RMSProp", "base_lr": 0.004, "rms_decay": 0.9, "lr_policy": "fixed"}
+TF_RATE_RMSPROP = {"type": "RMSProp", "base_lr": 0.004, "rms_decay": 0.9, "delta": 1e-8, "lr_policy": "fixed"}
+# SGD with momentum at TF's rate: TF's rule where |g| << 1 (#23's first translation)
+TF_RATE_SGD = {"type": "SGD", "base_lr": 0.004, "momentum": 0.9, "lr_policy": "fixed"}
 ROWS = {
     row.name: row
     for row in (
         Row("demo-sgd", "config/config.yaml", "the demo's SGD 0.005 (steps at 70 % and 90 %)",
             {"steps": [700, 900]}),
+        Row("demo-sgd-no-augmentation", "config/config.yaml", "the demo's SGD, no augmentation (can it memorise?)",
+            {"steps": [700, 900]}, model={"augmentation": False}),
         Row("coco-rmsprop-tf-rate", "config/coco.yaml", "coco.yaml before #23: Caffe RMSProp at TF's 0.004",
             TF_RATE_RMSPROP),
-        Row("coco-sgd", "config/coco.yaml", "coco.yaml: SGD momentum 0.9 (TF's RMSProp with epsilon 1)"),
+        Row("coco-sgd", "config/coco.yaml", "SGD momentum 0.9 at TF's 0.004", TF_RATE_SGD),
+        Row("coco-tf-rmsprop", "config/coco.yaml", "coco.yaml: TF's RMSProp (TFRMSProp, patch 0043)"),
         Row("coco-scratch", "config/coco-scratch.yaml", "coco-scratch.yaml: SGD, 500-iteration warm-up, cosine"),
-        Row("coco-sgd-converted", "config/coco.yaml", "coco.yaml's SGD from a converted ImageNet-format start",
+        Row("coco-tf-rmsprop-converted", "config/coco.yaml", "coco.yaml from a converted ImageNet-format start",
             start="converted"),
-        Row("move-rmsprop-tf-rate", "config/coco.yaml", "first 100 iterations, converted start, old RMSProp",
+        Row("move-rmsprop-tf-rate", "config/coco.yaml", "Caffe RMSProp at TF's 0.004 (coco.yaml before #23)",
             TF_RATE_RMSPROP, start="converted", max_iter=100),
-        Row("move-sgd", "config/coco.yaml", "first 100 iterations, converted start, SGD",
+        Row("move-sgd", "config/coco.yaml", "SGD momentum 0.9 at TF's 0.004", TF_RATE_SGD,
             start="converted", max_iter=100),
+        Row("move-tf-rmsprop", "config/coco.yaml", "TF's RMSProp (coco.yaml)", start="converted", max_iter=100),
     )
 }  # fmt: skip
 
@@ -101,7 +115,7 @@ def scaled_solver(recipe: dict, row: Row) -> dict:
 def row_config(row: Row, out: Path) -> dict:
     recipe = yaml.safe_load((ROOT / row.recipe).read_text())
     split = {"instances": str(COCO_MINI / "annotations/instances_mini.json"), "images": str(COCO_MINI / "images")}
-    model = copy.deepcopy(recipe["model"]) | {"train_batch_size": BATCH, "test_batch_size": BATCH}
+    model = copy.deepcopy(recipe["model"]) | row.model | {"train_batch_size": BATCH, "test_batch_size": BATCH}
     config = {
         "caffe": {"device": "cpu"},
         "dataset": {"source": "local", "local": {"trainval": split, "test": split}},
@@ -172,26 +186,54 @@ def score(workdir: Path, weights: Path, threads: int) -> dict:
         log=lambda message: None,
         data_threads=threads,
     )
-    return {"AP": metrics["AP"], "AP50": metrics["AP50"]}
+    return {"AP": metrics["stats"]["AP"], "AP50": metrics["stats"]["AP50"]}
 
 
-def layer_movement(start: Path, end: Path, net: Path) -> dict[str, float]:
-    """||W_end - W_start|| / ||W_start|| of the first backbone convolutions."""
+def precise_bn(workdir: Path, weights: Path, out: Path, batches: int = PRECISE_BN_BATCHES) -> Path:
+    """``weights`` with every BatchNorm's statistics re-estimated on ``batches`` training batches (detectron2's
+    PreciseBN): the running averages restarted, then forward passes of the train net, whose BatchNorm layers
+    accumulate the batch statistics (Caffe's average is normalized by its own factor, so restarting is exact)."""
     import caffe
 
-    nets = [caffe.Net(str(net), caffe.TEST, weights=str(path)) for path in (start, end)]
+    net = caffe.Net(str(workdir / "results/model/train.prototxt"), caffe.TRAIN, weights=str(weights))
+    for name, layer in zip(net._layer_names, net.layers, strict=True):
+        if layer.type == "BatchNorm":
+            for blob in net.params[name]:
+                blob.data[...] = 0
+    for _ in range(batches):
+        net.forward()
+    from ssdlite_coco.train.data_stream import save_without_runtime_fields
+
+    save_without_runtime_fields(net, out)
+    return out
+
+
+def layer_movement(start: Path, end: Path) -> dict[str, float]:
+    """||W_end - W_start|| / ||W_start|| of the first backbone convolutions (read from the caffemodels)."""
+    first, last = read_caffemodel(start), read_caffemodel(end)
     return {
-        layer: float(
-            np.linalg.norm(nets[1].params[layer][0].data - nets[0].params[layer][0].data)
-            / np.linalg.norm(nets[0].params[layer][0].data)
-        )
+        layer: float(np.linalg.norm(last[layer][0] - first[layer][0]) / np.linalg.norm(first[layer][0]))
         for layer in FIRST_LAYERS
-        if layer in nets[0].params
+        if layer in first
     }
 
 
 def snapshot_weights(workdir: Path, iteration: int) -> Path | None:
     return next(iter(workdir.glob(f"snapshots/**/*_iter_{iteration}.caffemodel")), None)
+
+
+def score_snapshots(row: Row, workdir: Path, threads: int) -> dict:
+    """AP / AP50 at each scored iteration, as trained and with PreciseBN statistics (``AP50_precise_bn``)."""
+    scores = {}
+    for iteration in (i for i in SCORED_AT if i <= row.max_iter):
+        weights = workdir / "iteration_0.caffemodel" if iteration == 0 else snapshot_weights(workdir, iteration)
+        if weights is None:
+            continue
+        scores[str(iteration)] = score(workdir, weights, threads)
+        recalibrated = precise_bn(workdir, weights, workdir / f"precise_bn_{iteration}.caffemodel")
+        scores[str(iteration)] |= {f"{k}_precise_bn": v for k, v in score(workdir, recalibrated, threads).items()}
+        print(f"[{row.name}] iteration {iteration}: {scores[str(iteration)]}", flush=True)
+    return scores
 
 
 def run_row(row: Row, out: Path, threads: int) -> dict:
@@ -217,12 +259,7 @@ def run_row(row: Row, out: Path, threads: int) -> dict:
         stopped = str(error)
         print(f"[{row.name}] stopped: {stopped}", flush=True)
     train_seconds = time.monotonic() - started
-    scores = {}
-    for iteration in (i for i in SCORED_AT if i <= row.max_iter):
-        weights = start if iteration == 0 else snapshot_weights(workdir, iteration)
-        if weights is not None:
-            scores[iteration] = score(workdir, weights, threads)
-            print(f"[{row.name}] iteration {iteration}: {scores[iteration]}", flush=True)
+    scores = score_snapshots(row, workdir, threads)
     final = snapshot_weights(workdir, row.max_iter)
     result = {
         "row": row.name,
@@ -234,7 +271,7 @@ def run_row(row: Row, out: Path, threads: int) -> dict:
         "train_seconds": round(train_seconds, 1),
         "threads": threads,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "movement": layer_movement(start, final, workdir / "results/model/test.prototxt") if final else {},
+        "movement": layer_movement(start, final) if final else {},
     }
     (workdir / "result.json").write_text(json.dumps(result, indent=2))
     return result
@@ -250,7 +287,8 @@ def losses(out: Path, name: str):
 def table(out: Path) -> str:
     results = [json.loads(path.read_text()) for path in sorted(out.glob("*/result.json"))]
     learning = [r for r in results if r["row"] in ROWS and ROWS[r["row"]].max_iter == SCORED_AT[-1]]
-    lines = ["| row | solver at batch 8 | " + " | ".join(f"it {i} AP50 / AP / loss" for i in SCORED_AT) + " |"]
+    header = " | ".join(f"it {i}: AP50 (PreciseBN) / AP / loss" for i in SCORED_AT)
+    lines = [f"| row | solver at batch 8 | {header} |"]
     lines.append("|---|---|" + "---|" * len(SCORED_AT))
     for result in learning:
         iterations, loss = losses(out, result["row"])
@@ -259,19 +297,23 @@ def table(out: Path) -> str:
             found = result["scores"].get(str(i))
             at = loss[iterations <= max(i - 1, 0)]
             loss_text = f"{at[-1]:.2f}" if len(at) else "-"
-            cells.append(f"{found['AP50']:.3f} / {found['AP']:.3f} / {loss_text}" if found else "stopped")
+            if found is None:
+                cells.append("stopped")
+                continue
+            precise = f" ({found['AP50_precise_bn']:.3f})" if "AP50_precise_bn" in found else ""
+            cells.append(f"{found['AP50']:.3f}{precise} / {found['AP']:.3f} / {loss_text}")
         solver = result["solver"]
         text = f"{solver['type']} {solver['base_lr']:.3g} {solver['lr_policy']}"
         if solver.get("warmup_iter"):
             text += f", warm-up {solver['warmup_iter']}"
-        lines.append(f"| {result['row']} ({result['description']}) | {text} | " + " | ".join(cells) + " |")
+        lines.append(f"| {result['row']} ({ROWS[result['row']].description}) | {text} | " + " | ".join(cells) + " |")
     moves = [r for r in results if r["row"].startswith("move-")]
     if moves:
         lines += ["", "| first 100 iterations from the converted start | " + " | ".join(FIRST_LAYERS) + " |"]
         lines.append("|---|" + "---|" * len(FIRST_LAYERS))
         for result in moves:
             cells = [f"{result['movement'].get(layer, math.nan):.4f}" for layer in FIRST_LAYERS]
-            lines.append(f"| {result['description']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {ROWS[result['row']].description} | " + " | ".join(cells) + " |")
     if results:
         lines += ["", f"Machine: {results[0]['machine']}; train seconds per row: "
                   + ", ".join(f"{r['row']} {r['train_seconds']:.0f}" for r in results)]  # fmt: skip
@@ -292,9 +334,12 @@ def figure(out: Path, path: Path) -> None:
         iterations, loss = losses(out, name)
         ax_loss.plot(iterations, loss, label=name)
         scores = json.loads(result_path.read_text())["scores"]
-        ax_ap.plot([int(i) for i in scores], [s["AP50"] for s in scores.values()], marker="o", label=name)
+        line = ax_ap.plot([int(i) for i in scores], [s["AP50"] for s in scores.values()], marker="o", label=name)
+        precise = [s.get("AP50_precise_bn", math.nan) for s in scores.values()]
+        ax_ap.plot([int(i) for i in scores], precise, linestyle="--", marker="x", color=line[0].get_color())
     ax_loss.set(xlabel="iteration", ylabel="training loss (mean of 20)", yscale="log", title="loss")
-    ax_ap.set(xlabel="iteration", ylabel="AP50 on the 128 training images", title="AP50 (pycocotools)")
+    ax_ap.set(xlabel="iteration", ylabel="AP50 on the 128 training images", title="AP50 (dashed: PreciseBN)")
+    ax_ap.set_yscale("symlog", linthresh=1e-3)
     ax_ap.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -309,10 +354,17 @@ def main(args: argparse.Namespace) -> None:
         print(f"figure: {args.figure}")
         return
     for name in args.rows:
-        if (out / name / "result.json").exists():
-            print(f"[{name}] done already: {out / name / 'result.json'}")
+        result_path = out / name / "result.json"
+        if not result_path.exists():
+            run_row(ROWS[name], out, args.threads)
             continue
-        run_row(ROWS[name], out, args.threads)
+        result = json.loads(result_path.read_text())
+        if all("AP50_precise_bn" in found for found in result["scores"].values()):
+            print(f"[{name}] done already: {result_path}")
+            continue
+        os.chdir(out / name)  # a row scored before PreciseBN was added: score it again
+        result["scores"] = score_snapshots(ROWS[name], out / name, args.threads)
+        result_path.write_text(json.dumps(result, indent=2))
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -15,10 +15,12 @@ from ssdlite_coco.caffe_tools.device import solver_mode
 from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
 
-SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "TFRMSProp")
 LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine")
 # Caffe refuses a momentum with these solvers.
 NO_MOMENTUM = ("AdaGrad", "RMSProp")
+# The solvers that read delta (TFRMSProp: TF's epsilon, inside the root; patch 0043).
+WITH_DELTA = ("AdaGrad", "RMSProp", "AdaDelta", "Adam", "TFRMSProp")
 # Where `caffe train --solver results/model/solver.prototxt`, run by hand, writes its snapshots (Caffe
 # requires a prefix). Rule train ignores it: it keeps its own under resources/snapshots/run-<key>/.
 HAND_RUN_SNAPSHOT_PREFIX = "resources/snapshots/caffe_train/mobilenetv2_ssdlite"
@@ -43,6 +45,7 @@ class SolverOptions:
     warmup_start_factor: float = schema_default("solver.warmup_start_factor")
     momentum: float = schema_default("solver.momentum")
     rms_decay: float = schema_default("solver.rms_decay")
+    delta: float = schema_default("solver.delta")
     weight_decay: float = schema_default("solver.weight_decay")
     max_iter: int = schema_default("solver.max_iter")
     snapshot: int = schema_default("solver.snapshot")
@@ -125,8 +128,10 @@ def build_solver(
         solver.warmup_start_factor = options.warmup_start_factor
     if options.type not in NO_MOMENTUM:
         solver.momentum = options.momentum
-    if options.type == "RMSProp":
+    if options.type in ("RMSProp", "TFRMSProp"):
         solver.rms_decay = options.rms_decay
+    if options.type in WITH_DELTA:
+        solver.delta = options.delta
     solver.weight_decay = options.weight_decay
     solver.max_iter = options.max_iter
     solver.snapshot = options.snapshot
