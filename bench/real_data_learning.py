@@ -20,8 +20,7 @@ statistics of the first iterations' weights.
     scripts/with-caffe python bench/real_data_learning.py --rows demo-sgd coco-rmsprop-tf-rate --threads 1
     scripts/with-caffe python bench/real_data_learning.py --table     # bench/README.md's table + figure
 
-About 20 minutes a row on 2 cores; rows write OUT/<row>/result.json and are skipped when it exists (a
-row scored without PreciseBN is scored again).
+About 20 minutes a row on 2 cores; rows write OUT/<row>/result.json and are skipped when it exists.
 """
 
 from __future__ import annotations
@@ -46,12 +45,14 @@ sys.path.insert(0, str(ROOT))
 
 from ssdlite_coco.caffe_tools.weights import read_caffemodel  # noqa: E402
 from ssdlite_coco.evaluate.coco_scoring import evaluate_test_split  # noqa: E402
+from ssdlite_coco.train.data_stream import save_without_runtime_fields  # noqa: E402
 from ssdlite_coco.train.runner import TrainingError, TrainSettings, train  # noqa: E402
 from tests.support.workflow_run import copy_workflow, output_tail, run_snakemake  # noqa: E402
 
 COCO_MINI = ROOT.parent / "shared/datasets/coco-mini"
 SCORED_AT = (0, 250, 500, 1000)
 BATCH = 8
+INITIAL_WEIGHTS = "iteration_0.caffemodel"  # the weights before the first update, in each row's folder
 PRECISE_BN_BATCHES = 40  # 320 augmented training images per re-estimate
 FIRST_LAYERS = ("Conv", "conv/depthwise", "conv/project", "conv_1/expand")  # the first backbone convolutions
 
@@ -202,8 +203,6 @@ def precise_bn(workdir: Path, weights: Path, out: Path, batches: int = PRECISE_B
                 blob.data[...] = 0
     for _ in range(batches):
         net.forward()
-    from ssdlite_coco.train.data_stream import save_without_runtime_fields
-
     save_without_runtime_fields(net, out)
     return out
 
@@ -226,7 +225,7 @@ def score_snapshots(row: Row, workdir: Path, threads: int) -> dict:
     """AP / AP50 at each scored iteration, as trained and with PreciseBN statistics (``AP50_precise_bn``)."""
     scores = {}
     for iteration in (i for i in SCORED_AT if i <= row.max_iter):
-        weights = workdir / "iteration_0.caffemodel" if iteration == 0 else snapshot_weights(workdir, iteration)
+        weights = workdir / INITIAL_WEIGHTS if iteration == 0 else snapshot_weights(workdir, iteration)
         if weights is None:
             continue
         scores[str(iteration)] = score(workdir, weights, threads)
@@ -239,7 +238,7 @@ def score_snapshots(row: Row, workdir: Path, threads: int) -> dict:
 def run_row(row: Row, out: Path, threads: int) -> dict:
     workdir = prepare(row, out / row.name, threads)
     os.chdir(workdir)  # the nets name the LMDBs relative to the workflow, as the rules run them
-    start = initial_weights(workdir, row, workdir / "iteration_0.caffemodel")
+    start = initial_weights(workdir, row, workdir / INITIAL_WEIGHTS)
     converted = workdir / "resources/weights/initial_converted.caffemodel"
     settings = TrainSettings(
         solver=workdir / "results/model/solver.prototxt",
@@ -354,17 +353,10 @@ def main(args: argparse.Namespace) -> None:
         print(f"figure: {args.figure}")
         return
     for name in args.rows:
-        result_path = out / name / "result.json"
-        if not result_path.exists():
-            run_row(ROWS[name], out, args.threads)
+        if (out / name / "result.json").exists():
+            print(f"[{name}] done already: {out / name / 'result.json'}")
             continue
-        result = json.loads(result_path.read_text())
-        if all("AP50_precise_bn" in found for found in result["scores"].values()):
-            print(f"[{name}] done already: {result_path}")
-            continue
-        os.chdir(out / name)  # a row scored before PreciseBN was added: score it again
-        result["scores"] = score_snapshots(ROWS[name], out / name, args.threads)
-        result_path.write_text(json.dumps(result, indent=2))
+        run_row(ROWS[name], out, args.threads)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -37,21 +37,25 @@ from ssdlite_coco.export.rewrite import relu6_as_clip, rename_duplicate_layers, 
 class ExportPaths:
     root: Path
 
+    def caffe_net(self, folder: str, name: str) -> tuple[Path, Path]:
+        """``folder/name.prototxt`` and ``folder/name.caffemodel`` under the export root."""
+        return self.root / folder / f"{name}.prototxt", self.root / folder / f"{name}.caffemodel"
+
     @property
     def deploy(self) -> tuple[Path, Path]:
-        return self.root / "caffe/deploy.prototxt", self.root / "caffe/deploy.caffemodel"
+        return self.caffe_net("caffe", "deploy")
 
     @property
     def heads(self) -> tuple[Path, Path]:
-        return self.root / "caffe-heads/heads.prototxt", self.root / "caffe-heads/heads.caffemodel"
+        return self.caffe_net("caffe-heads", "heads")
 
     @property
     def deploy_clip(self) -> tuple[Path, Path]:
-        return self.root / "caffe-clip/deploy.prototxt", self.root / "caffe-clip/deploy.caffemodel"
+        return self.caffe_net("caffe-clip", "deploy")
 
     @property
     def heads_clip(self) -> tuple[Path, Path]:
-        return self.root / "caffe-clip/heads.prototxt", self.root / "caffe-clip/heads.caffemodel"
+        return self.caffe_net("caffe-clip", "heads")
 
     @property
     def priors(self) -> Path:
