@@ -8,7 +8,7 @@ CORES ?= $(shell nproc)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export SSDLITE_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: setup system-deps venv caffe demo test lint clean
+.PHONY: setup setup-edge system-deps venv caffe demo test lint clean
 
 setup: system-deps venv caffe
 
@@ -25,6 +25,11 @@ $(VENV)/.installed: requirements.txt
 
 caffe: venv
 	scripts/with-caffe true
+
+# The edge toolchains of the export check (export.runtimes: rknn, openvino, ncnn, litert), each in its own
+# venv (several GB in all); not part of `make setup`: they are installed here or on first use.
+setup-edge: venv
+	PYTHONPATH=. $(VENV)/bin/python -m ssdlite_coco.export.edge.environment
 
 demo: setup
 	snakemake --cores $(CORES) --configfile config/config.yaml

@@ -6,6 +6,7 @@ import json
 
 from ssdlite_coco.dataset.coco2017 import SPLIT_TO_COCO, archive_url
 from ssdlite_coco.common.resources import rule_resources, rule_threads
+from ssdlite_coco.export.edge.environment import TOOLCHAINS
 
 DATASET = config["dataset"]
 LABELMAP = config["labelmap"]
@@ -15,6 +16,8 @@ PATCH_ROLES = ("train", "test", "deploy", "solver")
 TRAIN = config["train"]
 EVALUATE = config["evaluate"]
 EXPORT = config["export"]
+# The runtimes of export.runtimes that are edge toolchains (each in its own venv, models in edge/<name>/).
+EDGE_RUNTIMES = [name for name in EXPORT["runtimes"] if name in TOOLCHAINS]
 
 
 def workflow_file(*parts):
@@ -63,7 +66,10 @@ EXPORT_VERIFY = f"{EXPORT_DIR}/verify.json"
 EXPORT_INT8_DIR = f"{EXPORT_DIR}/int8"
 EXPORT_INT8 = f"{EXPORT_INT8_DIR}/int8.json"
 # The default target asks the export stage for the checked export and, unless export.int8 is off, INT8 models.
-EXPORT_TARGETS = [EXPORT_VERIFY] + ([EXPORT_INT8] if EXPORT["int8"] else [])
+# The edge toolchains' converted models: asked for by the default target, so that adding a runtime to
+# export.runtimes re-runs the check.
+EDGE_DIRS = [f"{EXPORT_DIR}/edge/{name}" for name in EDGE_RUNTIMES]
+EXPORT_TARGETS = [EXPORT_VERIFY, *EDGE_DIRS] + ([EXPORT_INT8] if EXPORT["int8"] else [])
 REPORT_TARGETS = [
     "results/report/loss.png",
     "results/report/export.html",

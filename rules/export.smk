@@ -1,11 +1,12 @@
 # Rules of the export stage (see models/README.md, "Deploying"): results/export/ holds the deploy net
 # with BatchNorm folded and runtime-safe rewrites (caffe/), the head-only net with its priors (caffe-heads/),
 # both with ReLU6 as BVLC Caffe's Clip (caffe-clip/), its ONNX form (onnx/), the preprocessing, calibration
-# images, and the check in every runtime (verify.json).
+# images, and the check in every runtime of export.runtimes (verify.json); the edge toolchains among them
+# (RKNN, OpenVINO, ncnn, LiteRT) run in their own venvs and leave their converted models in edge/<name>/.
 
 
 rule export:
-    """Caffe, head-only Caffe and ONNX exports, checked in pycaffe, OpenCV DNN, MNN and ONNX Runtime."""
+    """Caffe, head-only Caffe and ONNX exports, checked in every runtime of export.runtimes."""
     input:
         caffe=CAFFE_MANIFEST,
         deploy_net=DEPLOY_NET,
@@ -33,6 +34,7 @@ rule export:
         fold_check=f"{EXPORT_DIR}/fold_check.json",
         verify=EXPORT_VERIFY,
         verify_table=f"{EXPORT_DIR}/verify.md",
+        edge=[directory(path) for path in EDGE_DIRS],
     log:
         "logs/export/export.log",
     conda:
@@ -51,6 +53,9 @@ rule export:
         tolerance=EXPORT["tolerance"],
         ap_tolerance=EXPORT["ap_tolerance"],
         latency_runs=EXPORT["latency_runs"],
+        runtimes=EXPORT["runtimes"],
+        rknn_target=EXPORT["rknn_target"],
+        reduced_ap_tolerance=EXPORT["reduced_precision_ap_tolerance"],
     shell:
         "logged {log} with-caffe --threads {threads} export.py --deploy-net {input.deploy_net}"
         " --weights {input.weights} --test-net {input.test_net} --instances {input.instances}"
@@ -62,20 +67,21 @@ rule export:
         " --calibration-images-dir {input.calibration_images}"
         " --tolerance {params.tolerance} --ap-tolerance {params.ap_tolerance}"
         " --latency-runs {params.latency_runs} --score-threshold {params.score_threshold}"
-        " --threads {threads}"
+        " --runtimes {params.runtimes} --rknn-target {params.rknn_target}"
+        " --reduced-ap-tolerance {params.reduced_ap_tolerance} --threads {threads}"
 
 
 rule export_int8:
-    """INT8 models of the head-only export (ONNX Runtime QDQ, MNN), evaluated like the FP32 export."""
+    """INT8 models of the head-only export (ONNX Runtime QDQ, MNN, RKNN), evaluated like the FP32 export."""
     input:
         caffe=CAFFE_MANIFEST,
-        verify=EXPORT_VERIFY,
-        onnx=f"{EXPORT_DIR}/onnx/heads.onnx",
-        heads_prototxt=f"{EXPORT_DIR}/caffe-heads/heads.prototxt",
-        heads_weights=f"{EXPORT_DIR}/caffe-heads/heads.caffemodel",
-        priors=f"{EXPORT_DIR}/caffe-heads/priors.npy",
-        decode=f"{EXPORT_DIR}/caffe-heads/decode.json",
-        calibration=f"{EXPORT_DIR}/calibration",
+        verify=rules.export.output.verify,
+        onnx=rules.export.output.onnx,
+        heads_prototxt=rules.export.output.heads_prototxt,
+        heads_weights=rules.export.output.heads_weights,
+        priors=rules.export.output.priors,
+        decode=rules.export.output.decode,
+        calibration=rules.export.output.calibration,
         deploy_net=DEPLOY_NET,
         test_net=TEST_NET,
         instances=TEST_INSTANCES,
@@ -101,6 +107,7 @@ rule export_int8:
         verify_images=EXPORT["verify_images"],
         latency_runs=EXPORT["latency_runs"],
         score_threshold=EXPORT["match_score_threshold"],
+        rknn_target=EXPORT["rknn_target"],
     shell:
         "logged {log} with-caffe --threads {threads} export_int8.py --export-dir {params.export_dir}"
         " --deploy-net {input.deploy_net} --test-net {input.test_net} --instances {input.instances}"
@@ -108,4 +115,5 @@ rule export_int8:
         " --variants {params.variants} --max-ap-drop {params.max_ap_drop}"
         " --activations {params.activations}"
         " --verify-images {params.verify_images} --latency-runs {params.latency_runs}"
-        " --score-threshold {params.score_threshold} --threads {threads}"
+        " --score-threshold {params.score_threshold} --rknn-target {params.rknn_target}"
+        " --threads {threads}"

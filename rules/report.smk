@@ -105,4 +105,4 @@ rule report_model:
     resources:
         **rule_resources(config, "report_model"),
     shell:
-        "logged {log} model_report.py --coverage {input.coverage} --coverage-html {output.page}"
+        "logged {log} with-caffe model_report.py --coverage {input.coverage} --coverage-html {output.page}"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ssdlite_coco.common.cli import run
 from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.export.runtime_check import RUNTIMES
 
 os.environ.setdefault("GLOG_minloglevel", "1")
 
@@ -49,6 +50,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify-images", type=int, default=schema_default("export.verify_images"), help="0: all")
     parser.add_argument("--tolerance", type=float, default=schema_default("export.tolerance"))
     parser.add_argument("--ap-tolerance", type=float, default=schema_default("export.ap_tolerance"))
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=list(RUNTIMES),
+        default=schema_default("export.runtimes"),
+        help="runtimes the export is checked in (edge toolchains: each in its own venv, made on first use)",
+    )
+    parser.add_argument("--rknn-target", default=schema_default("export.rknn_target"), help="RKNN target chip")
+    parser.add_argument(
+        "--reduced-ap-tolerance",
+        type=float,
+        default=schema_default("export.reduced_precision_ap_tolerance"),
+        help="largest AP50 difference of a reduced-precision row (an edge toolchain's float16 default)",
+    )
     parser.add_argument("--latency-runs", type=int, default=schema_default("export.latency_runs"))
     parser.add_argument("--score-threshold", type=float, default=schema_default("export.match_score_threshold"))
     parser.add_argument(
@@ -84,6 +99,9 @@ def main(args: argparse.Namespace) -> int:
         "latency_runs": args.latency_runs,
         "score_threshold": args.score_threshold,
         "threads": args.threads,
+        "runtimes": args.runtimes,
+        "rknn_target": args.rknn_target,
+        "reduced_ap_tolerance": args.reduced_ap_tolerance,
         "rewrite": not args.no_rewrites,
     }
     run_export(inputs, args.out_dir, options)

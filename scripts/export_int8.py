@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quantize the head-only export to INT8 (ONNX Runtime static QDQ, MNN's offline quantizer) on the
+"""Quantize the head-only export to INT8 (ONNX Runtime static QDQ, MNN's offline quantizer, RKNN) on the
 calibration images, evaluate every model on the test images like the FP32 export, and say what INT8
 costs against the AP budget (results/export/int8/)."""
 
@@ -31,6 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify-images", type=int, default=schema_default("export.verify_images"), help="0: all")
     parser.add_argument("--latency-runs", type=int, default=schema_default("export.latency_runs"))
     parser.add_argument("--score-threshold", type=float, default=schema_default("export.match_score_threshold"))
+    parser.add_argument("--rknn-target", default=schema_default("export.rknn_target"), help="chip of rknn/ variants")
     parser.add_argument("--threads", type=int, default=1, help="threads of every runtime (the rule's threads)")
     return parser
 
@@ -51,6 +52,7 @@ def main(args: argparse.Namespace) -> int:
         "latency_runs": args.latency_runs,
         "score_threshold": args.score_threshold,
         "threads": args.threads,
+        "rknn_target": args.rknn_target,
     }
     verdict = run_int8(inputs, args.out_dir, options)["verdict"]
     if verdict["over_budget"] or verdict["failed"]:

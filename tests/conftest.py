@@ -52,6 +52,7 @@ CAFFE_FREE_MODULES = {
     "test_dataset_rules",
     "test_demo_dataset",
     "test_download",
+    "test_edge_plumbing",
     "test_image_modes",
     "test_dryrun",
     "test_layout",

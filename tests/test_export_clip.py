@@ -20,7 +20,12 @@ from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.prototxt import format_prototxt, parse_prototxt, read_net  # noqa: E402
 from ssdlite_coco.export.make import ExportPaths, make_deploy, make_heads  # noqa: E402
-from ssdlite_coco.export.runtime_check import CheckSettings, check_runtimes, runtime_factories  # noqa: E402
+from ssdlite_coco.export.runtime_check import (  # noqa: E402
+    CheckContext,
+    CheckSettings,
+    check_runtimes,
+    runtime_factories,
+)
 from ssdlite_coco.export.runtimes import (  # noqa: E402
     OpenCVRuntime,
     PycaffeRuntime,
@@ -52,7 +57,7 @@ def tiny_export(tmp_path_factory):
 
 
 def _check(paths: ExportPaths, heads, reference, images, workdir: Path) -> dict:
-    factories = runtime_factories(paths, heads, workdir, threads=1)
+    factories = runtime_factories(["pycaffe"], CheckContext(paths, heads, workdir, threads=1))
     clip = {name: factory for name, factory in factories.items() if name in CLIP_ROWS}
     assert list(clip) == CLIP_ROWS
     return check_runtimes(reference, clip, images, TRANSFORM, (SIZE, SIZE), CheckSettings(latency_runs=1))

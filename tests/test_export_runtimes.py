@@ -5,8 +5,6 @@ can fail) on the generated MobileNetV2-SSDLite and on the upstream SSDLite deplo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,24 +12,30 @@ import pytest
 
 from tests.support.model_data import make_model_data
 from tests.support.pycaffe import require_caffe
-from tests.support.tiny_ssd import make_tiny_world
+from tests.support.ssdlite_export import export, make_model, make_ssdlite, randomize, reference_truth
 
 caffe = require_caffe()
 cv2 = pytest.importorskip("cv2")
 
 from ssdlite_coco.caffe_tools.prototxt import format_prototxt, read_net, single_layer  # noqa: E402
+from ssdlite_coco.common.config import schema_default  # noqa: E402
 from ssdlite_coco.export.decode import caffe_rows, decode_detections  # noqa: E402
 from ssdlite_coco.export.make import ExportPaths, make_deploy, make_heads  # noqa: E402
 from ssdlite_coco.export.preprocess import preprocess_image, transform_settings  # noqa: E402
 from ssdlite_coco.export.rewrite import rewrite_one_by_one_inputs  # noqa: E402
-from ssdlite_coco.export.runtime_check import CheckSettings, check_runtimes, runtime_factories  # noqa: E402
+from ssdlite_coco.export.runtime_check import (  # noqa: E402
+    CheckContext,
+    CheckSettings,
+    check_runtimes,
+    runtime_factories,
+)
 from ssdlite_coco.export.runtimes import PycaffeRuntime  # noqa: E402
 from ssdlite_coco.export.verify import ImageCase  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_DEPLOY = "reference/upstream/chuanqi305-ssdlite-coco-deploy.prototxt"
-VERIFY_IMAGES = 4
 OPENCV_1X1_BUG = tuple(int(v) for v in cv2.__version__.split(".")[:2]) >= (4, 7)
+
+DEFAULT_RUNTIMES = schema_default("export.runtimes")
 
 
 def _detection_output_net(tmp_path: Path, priors: int, classes: int, keep_top_k: int) -> Path:
@@ -146,7 +150,7 @@ def test_the_centre_tap_rewrite_is_exact_and_what_opencv_needs(tmp_path):
 def test_preprocess_image_is_what_caffes_data_layer_feeds(tmp_path, coco_mini_dir):
     """The generated test net's data layer (OpenCV linear resize) against preprocess_image, grayscale included."""
     data = make_model_data(tmp_path / "data", coco_mini_dir)
-    model = _make_model(tmp_path / "model", data.labelmap, data.name_size, data.instances)
+    model = make_model(tmp_path / "model", data.labelmap, data.name_size, data.instances)
     test_net = read_net(model / "test.prototxt")
     layer = single_layer(test_net, "AnnotatedData", "test.prototxt")
     layer.data_param.source, layer.data_param.batch_size = str(data.test_lmdb), 1
@@ -165,100 +169,16 @@ def test_preprocess_image_is_what_caffes_data_layer_feeds(tmp_path, coco_mini_di
         assert np.abs(net.blobs["data"].data[0] - ours).max() <= 1.01 * transform["scale"], path  # <= 1 grey level
 
 
-def _make_model(folder: Path, labelmap: Path, name_size: Path, instances: Path) -> Path:
-    args = ["--model-config", '{"augmentation": false}', "--labelmap", str(labelmap), "--name-size", str(name_size)]
-    args += ["--test-instances", str(instances), "--no-check", "--config-out", str(folder / "config.json")]
-    for role in ("train", "test", "deploy", "solver"):
-        args += [f"--out-{role}", str(folder / f"{role}.prototxt")]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/make_model.py"), *args], cwd=REPO, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder
-
-
-def randomize(net, seed: int) -> None:
-    """Weights like a trained net's: fillers kept, BatchNorm statistics and Scale values plausible.
-
-    Call it on a net made after ``caffe.set_random_seed``: unseeded fillers give other weights at every run.
-    """
-    rng = np.random.default_rng(seed)
-    for name, blobs in net.params.items():
-        if len(blobs) == 3 and blobs[2].data.size == 1:
-            blobs[0].data[...] = rng.normal(0, 0.3, blobs[0].data.shape)
-            blobs[1].data[...] = rng.uniform(0.3, 3.0, blobs[1].data.shape)
-            blobs[2].data[...] = 1.0
-        elif "scale" in name.lower():
-            blobs[0].data[...] = rng.uniform(0.5, 1.5, blobs[0].data.shape)
-            if len(blobs) > 1:
-                blobs[1].data[...] = rng.normal(0, 0.1, blobs[1].data.shape)
-        elif name.endswith(("_mbox_conf", "_mbox_loc")) and len(blobs) > 1:
-            blobs[1].data[...] = rng.normal(0, 0.5, blobs[1].data.shape)
-
-
 @pytest.fixture(scope="module")
 def ssdlite(tmp_path_factory, coco_mini_dir):
-    """The generated MobileNetV2-SSDLite for the tiny world's 3 categories, random weights, its test images."""
-    folder = tmp_path_factory.mktemp("ssdlite")
-    world = make_tiny_world(folder / "world", coco_mini_dir)
-    model = _make_model(folder / "model", world.labelmap, world.test_name_size, world.test_instances)
-    caffe.set_random_seed(11)
-    net = caffe.Net(str(model / "deploy.prototxt"), caffe.TEST)
-    randomize(net, 11)
-    net.save(str(folder / "weights.caffemodel"))
-    images = folder / "images"
-    images.mkdir()
-    for path in world.test_images:
-        (images / path.name).symlink_to(path)
-    return world, model, folder / "weights.caffemodel", images
-
-
-def _export(ssdlite, out: Path, *extra: str, instances: Path | None = None) -> subprocess.CompletedProcess:
-    world, model, weights, images = ssdlite
-    args = ["--deploy-net", str(model / "deploy.prototxt"), "--weights", str(weights)]
-    args += ["--test-net", str(model / "test.prototxt"), "--instances", str(instances or world.test_instances)]
-    args += ["--images", str(images), "--labelmap", str(world.labelmap), "--out-dir", str(out)]
-    args += ["--verify-images", str(VERIFY_IMAGES), "--latency-runs", "2", "--calibration-images", "3", *extra]
-    command = [sys.executable, str(REPO / "scripts/export.py"), *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-
-
-def _reference_truth(ssdlite, path: Path, count: int = VERIFY_IMAGES) -> Path:
-    """The test split with pycaffe's own detections on the ``count`` images the export scores as its ground truth.
-
-    Random weights detect nothing of the real boxes: every runtime's AP50 is 0 and their equality proves nothing.
-    Against the reference's boxes the reference scores AP50 1, and another runtime only as far as it reproduces
-    the reference's boxes, labels and ranking.
-    """
-    from ssdlite_coco.export.preprocess import preprocess_as
-    from ssdlite_coco.export.stage import coco_scorer, split_images
-
-    world, model, weights, images = ssdlite
-    chosen = split_images(world.test_instances, images, count)  # the images the export verifies
-    to_coco, _ = coco_scorer(world.test_instances, world.labelmap, chosen)
-    transform = transform_settings(model / "test.prototxt")
-    net = caffe.Net(str(model / "deploy.prototxt"), caffe.TEST, weights=str(weights))
-    annotations = []
-    for image in chosen:
-        net.blobs[net.inputs[0]].data[0] = preprocess_as(image.path, transform, (300, 300))
-        net.forward()
-        for detection in to_coco(caffe_rows(net.blobs["detection_out"].data), image):
-            _, _, width, height = detection["bbox"]
-            annotations.append(
-                {key: detection[key] for key in ("image_id", "category_id", "bbox")}
-                | {"id": len(annotations) + 1, "area": width * height, "iscrowd": 0}
-            )
-    truth = json.loads(world.test_instances.read_text())
-    truth["annotations"] = annotations
-    path.write_text(json.dumps(truth))
-    return path
+    return make_ssdlite(tmp_path_factory.mktemp("ssdlite"), coco_mini_dir)
 
 
 def test_the_export_runs_the_same_in_every_runtime(ssdlite, tmp_path):
     import onnx
 
-    truth = _reference_truth(ssdlite, tmp_path / "reference_truth.json")
-    result = _export(ssdlite, tmp_path / "export", instances=truth)
+    truth = reference_truth(ssdlite, tmp_path / "reference_truth.json")
+    result = export(ssdlite, tmp_path / "export", instances=truth)
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "export"
     verify = json.loads((out / "verify.json").read_text())
@@ -295,7 +215,7 @@ def test_the_export_runs_the_same_in_every_runtime(ssdlite, tmp_path):
 
 @pytest.mark.skipif(not OPENCV_1X1_BUG, reason="OpenCV < 4.7 computes the 1x1-input convolution right")
 def test_the_check_fails_naming_opencv_when_the_1x1_rewrite_is_off(ssdlite, tmp_path):
-    result = _export(ssdlite, tmp_path / "export", "--no-rewrites")
+    result = export(ssdlite, tmp_path / "export", "--no-rewrites")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: OpenCV DNN 4.") and "output loc differs from pycaffe" in last, last
@@ -320,7 +240,7 @@ def test_the_upstream_ssdlite_deploy_prototxt_in_every_runtime(shared_dir, ssdli
     heads = make_heads(deploy, paths, str(upstream))
     reference = PycaffeRuntime(upstream, tmp_path / "upstream.caffemodel", heads["loc_blob"], heads["conf_blob"], 91)
     transform = transform_settings(model / "test.prototxt")
-    factories = runtime_factories(paths, heads, tmp_path / "mnn", threads=1)
+    factories = runtime_factories(DEFAULT_RUNTIMES, CheckContext(paths, heads, tmp_path / "mnn", threads=1))
     chosen = [ImageCase(path) for path in sorted(images.iterdir())[:3]]
     result = check_runtimes(reference, factories, chosen, transform, (300, 300), CheckSettings(latency_runs=2))
     (tmp_path / "upstream_verify.json").write_text(json.dumps(result, indent=2, default=str))

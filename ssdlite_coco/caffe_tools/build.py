@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssdlite_coco.caffe_tools.device import DEVICES
+from ssdlite_coco.common.cache import cache_dir
 from ssdlite_coco.common.digests import file_digest
 from ssdlite_coco.common.errors import SsdliteError
 
@@ -114,11 +115,7 @@ def build_key(pin: SdistPin, patches: list[Path], flags: list[str], toolchain: d
 
 
 def cache_root() -> Path:
-    explicit = os.environ.get("SSDLITE_CAFFE_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ssdlite-coco" / "caffe"
+    return cache_dir("caffe", "SSDLITE_CAFFE_CACHE")
 
 
 def fetch_sdist(pin: SdistPin, dest_dir: Path, log) -> Path:

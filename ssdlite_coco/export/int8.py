@@ -27,7 +27,7 @@ from ssdlite_coco.export.make import ExportPaths
 from ssdlite_coco.export.preprocess import preprocess_as, transform_settings
 from ssdlite_coco.export.quantize import Int8Error, Variant, quantize_mnn, quantize_onnx, read_calibration
 from ssdlite_coco.export.runtime_check import machine, versions
-from ssdlite_coco.export.runtimes import MnnHeadsRuntime, OnnxRuntime
+from ssdlite_coco.export.runtimes import MnnHeadsRuntime, OnnxRuntime, RuntimeLoadError, ToolchainRuntime
 from ssdlite_coco.export.stage import coco_scorer, split_images
 from ssdlite_coco.export.verify import run_all
 
@@ -70,22 +70,51 @@ def quantize_all(
     return models
 
 
-def _runtime(name: str, path: Path, priors, settings, threads: int):
-    if name.startswith("mnn"):
-        return MnnHeadsRuntime(path, priors, settings, threads)
-    return OnnxRuntime(path, priors, settings, threads)
+# The runtime that runs a model, by the first part of its variant name (``onnxruntime/per-channel/minmax``).
+HEAD_RUNTIMES = {"onnxruntime": OnnxRuntime, "mnn": MnnHeadsRuntime}
+# Edge toolchains whose INT8 variants their own worker quantizes (export.edge), and the precision of the
+# unquantized row their INT8 rows are compared with (RKNN has no float32 mode: its float16).
+TOOLCHAIN_BASES = {"rknn": "default"}
+
+
+def toolchain_models(paths: ExportPaths, variants: list[Variant], models_dir: Path, options: dict, log) -> dict:
+    """The edge toolchains' INT8 variants and their unquantized base row, each loaded in its worker (which
+    converts, quantizes and keeps the model in ``models_dir``/<variant>/): name -> {runtime, path, seconds}."""
+    priors, settings = np.load(paths.priors), json.loads(paths.decode.read_text())
+    wanted = [variant for variant in variants if variant.runtime in TOOLCHAIN_BASES]
+    jobs = {f"{name}/float16": (name, TOOLCHAIN_BASES[name], {}) for name in {v.runtime for v in wanted}}
+    for variant in wanted:
+        jobs[variant.name] = (variant.runtime, "int8", {"granularity": variant.granularity, "method": variant.method})
+    models: dict[str, dict[str, Any]] = {}
+    for name, (toolchain, precision, quantization) in jobs.items():
+        work_dir = models_dir / name.replace("/", "-")
+        target = {"target": options["rknn_target"]} if toolchain == "rknn" else {}
+        try:
+            runtime = ToolchainRuntime(
+                toolchain, precision, paths.root, work_dir, priors, settings, options["threads"], target | quantization
+            )
+        except RuntimeLoadError as error:  # the toolchain's own failure is a result: its row says so
+            models[name] = {"error": str(error)}
+            log(f"{name}: {error}")
+            continue
+        model = Path(runtime.model)
+        models[name] = {"runtime": runtime, "path": model, "file": f"{work_dir.name}/{model.name}"}
+        models[name]["seconds"] = runtime.convert_seconds
+        log(f"{name}: converted in {runtime.convert_seconds:.1f} s: {runtime.precision}")
+    return models
 
 
 def _row(name: str, model: dict, tally, scored: dict, latency: dict) -> dict[str, Any]:
-    runtime, *rest = name.split("/")
+    runtime, *rest = name.split("/")  # runtime/precision (the unquantized row) or runtime/weights/calibration
     stats = scored["stats"]
+    base = len(rest) == 1
     return {
         "variant": name,
         "runtime": runtime,
-        "precision": "fp32" if rest == ["fp32"] else "int8",
-        "weights": rest[0] if rest != ["fp32"] else "-",
-        "calibration": rest[1] if rest != ["fp32"] else "-",
-        "model": model["path"].name,
+        "precision": rest[0] if base else "int8",
+        "weights": "-" if base else rest[0],
+        "calibration": "-" if base else rest[1],
+        "model": model.get("file", model["path"].name),
         "model_bytes": model["path"].stat().st_size,
         "quantize_seconds": model["seconds"],
         "AP": stats["AP"],
@@ -107,7 +136,7 @@ def evaluate_models(models: dict, inputs: Int8Inputs, images, paths: ExportPaths
     settings = json.loads(paths.decode.read_text())
     threads = options["threads"]
     runtimes = {
-        name: _runtime(name, model["path"], priors, settings, threads)
+        name: model.get("runtime") or HEAD_RUNTIMES[name.split("/")[0]](model["path"], priors, settings, threads)
         for name, model in models.items()
         if "path" in model
     }
@@ -123,9 +152,12 @@ def evaluate_models(models: dict, inputs: Int8Inputs, images, paths: ExportPaths
     for name, runtime in runtimes.items():
         latency = runtime.latency(first, options["latency_runs"])
         rows.append(_row(name, models[name], tallies[name], score(tallies[name].coco, name), latency))
-    fp32_ap = {row["runtime"]: row["AP"] for row in rows if row["precision"] == "fp32"}
+    for runtime in runtimes.values():
+        if isinstance(runtime, ToolchainRuntime):
+            runtime.close()
+    base_ap = {row["runtime"]: row["AP"] for row in rows if row["precision"] != "int8"}
     for row in rows:
-        row["delta_AP"] = row["AP"] - fp32_ap[row["runtime"]]
+        row["delta_AP"] = row["AP"] - base_ap[row["runtime"]]
     failed = [{"variant": name, "error": model["error"]} for name, model in models.items() if "error" in model]
     return rows + failed
 
@@ -150,7 +182,9 @@ def run_int8(inputs: Int8Inputs, out_dir: Path, options: dict[str, Any], log=pri
     variants = [Variant.parse(text) for text in options["variants"]]
     log(f"calibration: {len(arrays)} images from {calibration}")
     with atomic_path(out_dir / "models", directory=True) as models_dir:
-        models = quantize_all(paths, variants, arrays, transform, models_dir, options["activations"], log)
+        own = [variant for variant in variants if variant.runtime in HEAD_RUNTIMES]
+        models = quantize_all(paths, own, arrays, transform, models_dir, options["activations"], log)
+        models |= toolchain_models(paths, variants, models_dir, options, log)
         images = split_images(inputs.instances, inputs.images, options["verify_images"])
         rows = evaluate_models(models, inputs, images, paths, transform, options)
         probes = probe_arrays(inputs, transform, LAYER_ERROR_IMAGES)

@@ -8,6 +8,7 @@ Under ``results/export/``:
 * ``caffe-clip/{deploy,heads}.{prototxt,caffemodel}``: both Caffe nets with every ReLU6 as BVLC Caffe's ``Clip``
   (``export.rewrite.relu6_as_clip``), for toolchains that do not know ReLU6;
 * ``onnx/heads.onnx`` (``export.onnx_heads``);
+* ``edge/<toolchain>/<precision>/``: the model each edge toolchain of ``export.runtimes`` converted (``export.edge``);
 * ``preprocess.json``, ``calibration/`` (N images of the calibration split, training in the workflow, as the
   nets take them, ``.npy`` + ``list.txt``);
 * ``verify.json`` and ``verify.md``: every runtime against pycaffe (``export.verify``).
@@ -68,6 +69,10 @@ class ExportPaths:
     @property
     def onnx(self) -> Path:
         return self.root / "onnx/heads.onnx"
+
+    def edge(self, toolchain: str, precision: str) -> Path:
+        """An edge toolchain's converted model (``export.edge``) for one precision."""
+        return self.root / "edge" / toolchain / precision
 
 
 def blob_shapes(net_param, params: dict[str, list[np.ndarray]] | None = None) -> tuple[dict[str, tuple], Any]:

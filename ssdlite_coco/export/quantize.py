@@ -11,7 +11,8 @@
   (MAX_ABS). The quantizer reads images, so the calibration arrays are written back as the 8-bit BGR images
   they came from (already at the net's input size: nothing is resized again) with the same mean and scale.
 
-A variant is named ``runtime/granularity/method`` (``onnxruntime/per-channel/minmax``), as in the config.
+A variant is named ``runtime/granularity/method`` (``onnxruntime/per-channel/minmax``), as in the config. RKNN's
+(``rknn/per-channel/normal``) are quantized by its toolchain, in its own venv (``export.edge``), not here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from ssdlite_coco.export.runtimes import mnn_convert
 ONNX_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # ADMM is left out: on the demo's 300x300 heads it had not finished after 5 minutes.
 MNN_METHODS = {"kl": "KL", "ema": "EMA"}
+# runtime -> (weight granularities, calibration methods). rknn: quantized in its own venv by the edge worker
+# (ssdlite_coco/export/edge/rknn.py: quantized_method channel or layer, quantized_algorithm as named).
+VARIANTS = {
+    "onnxruntime": (("per-channel", "per-tensor"), tuple(ONNX_METHODS)),
+    "mnn": (("per-channel",), tuple(MNN_METHODS)),
+    "rknn": (("per-channel", "per-tensor"), ("normal", "mmse", "kl_divergence")),
+}
 
 
 class Int8Error(SsdliteError):
@@ -48,12 +56,11 @@ class Variant:
     @classmethod
     def parse(cls, text: str) -> Variant:
         parts = text.split("/")
-        methods = {"onnxruntime": ONNX_METHODS, "mnn": MNN_METHODS}.get(parts[0], {})
-        granularities = ("per-channel", "per-tensor") if parts[0] == "onnxruntime" else ("per-channel",)
+        granularities, methods = VARIANTS.get(parts[0], ((), ()))
         if len(parts) != 3 or parts[1] not in granularities or parts[2] not in methods:
+            choices = "; ".join(f"{runtime}/{'|'.join(g)}/{'|'.join(m)}" for runtime, (g, m) in VARIANTS.items())
             raise Int8Error(
-                f"INT8 variant {text!r} is not runtime/granularity/method: onnxruntime/per-channel|per-tensor/"
-                f"{'|'.join(ONNX_METHODS)} or mnn/per-channel/{'|'.join(MNN_METHODS)} (export.int8_variants)"
+                f"INT8 variant {text!r} is not runtime/granularity/method: {choices} (export.int8_variants)"
             )
         return cls(*parts)
 
@@ -63,8 +70,9 @@ class Variant:
 
     @property
     def file_name(self) -> str:
-        return f"{self.runtime}-{self.granularity}-{self.method}" + (
-            ".onnx" if self.runtime == "onnxruntime" else ".mnn"
+        """The model's file (ONNX Runtime, MNN) or folder (an edge toolchain's work dir) in ``int8/models/``."""
+        return f"{self.runtime}-{self.granularity}-{self.method}" + {"onnxruntime": ".onnx", "mnn": ".mnn"}.get(
+            self.runtime, ""
         )
 
 

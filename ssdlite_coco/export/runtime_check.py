@@ -7,6 +7,7 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ssdlite_coco.export.runtimes import (
     OnnxRuntime,
     OpenCVRuntime,
     PycaffeRuntime,
+    ToolchainRuntime,
 )
 from ssdlite_coco.export.verify import ImageCase, failures_of, format_table, row_of, run_all
 
@@ -35,6 +37,7 @@ class CheckSettings:
     ap_tolerance: float = schema_default("export.ap_tolerance")
     latency_runs: int = schema_default("export.latency_runs")
     score_threshold: float = schema_default("export.match_score_threshold")
+    reduced_ap_tolerance: float = schema_default("export.reduced_precision_ap_tolerance")
 
 
 def versions() -> dict[str, str]:
@@ -51,30 +54,96 @@ def versions() -> dict[str, str]:
     }
 
 
-def runtime_factories(paths: ExportPaths, heads: dict[str, Any], workdir: Path, threads: int) -> dict[str, Callable]:
-    """Name -> a function that loads the export in that runtime (raising its error when it cannot)."""
-    known = versions()
-    classes = heads["settings"]["num_classes"]
-    conf = heads["conf_blob"]
+@dataclass(frozen=True)
+class CheckContext:
+    """What a runtime entry needs to load the export: its files, the heads' decode settings, threads."""
+
+    paths: ExportPaths
+    heads: dict[str, Any]
+    scratch: Path  # temporary files (MNN's converted models)
+    threads: int
+    rknn_target: str = schema_default("export.rknn_target")
+
+    def caffe(self, runtime: type, net: tuple[Path, Path]) -> Callable:
+        num_classes = self.heads["settings"]["num_classes"]
+        return partial(runtime, *net, self.heads["loc_blob"], self.heads["conf_blob"], num_classes)
+
+    def decoded(self, runtime: type, model: Path) -> Callable:
+        return partial(runtime, model, self.heads["priors"], self.heads["settings"], self.threads)
+
+
+def _pycaffe(c: CheckContext) -> dict[str, Callable]:
+    heads = partial(CaffeHeadsRuntime, priors=c.heads["priors"], settings=c.heads["settings"])
     return {
-        "pycaffe": lambda: PycaffeRuntime(*paths.deploy, heads["loc_blob"], conf, classes),
-        "pycaffe heads + decode_detections": lambda: CaffeHeadsRuntime(
-            *paths.heads, heads["priors"], heads["settings"]
-        ),
+        "pycaffe": c.caffe(PycaffeRuntime, c.paths.deploy),
+        "pycaffe heads + decode_detections": partial(heads, *c.paths.heads),
         # caffe-clip/: ReLU6 as Clip. OpenCV DNN 4.14 (no Clip layer for Caffe) and MNN 3.6.1's Caffe converter
         # ("These Op Not Support: Caffe::Clip") refuse it, so only pycaffe checks it (models/README.md)
-        "pycaffe Clip": lambda: PycaffeRuntime(*paths.deploy_clip, heads["loc_blob"], conf, classes),
-        "pycaffe Clip heads + decode_detections": lambda: CaffeHeadsRuntime(
-            *paths.heads_clip, heads["priors"], heads["settings"]
-        ),
-        f"OpenCV DNN {known['opencv']}": lambda: OpenCVRuntime(
-            *paths.deploy, heads["loc_blob"], conf, classes, threads
-        ),
-        f"MNN {known['mnn']}": lambda: MnnRuntime(paths.deploy, paths.heads, workdir, classes, threads),
-        f"ONNX Runtime {known['onnxruntime']} + decode_detections": lambda: OnnxRuntime(
-            paths.onnx, heads["priors"], heads["settings"], threads
-        ),
+        "pycaffe Clip": c.caffe(PycaffeRuntime, c.paths.deploy_clip),
+        "pycaffe Clip heads + decode_detections": partial(heads, *c.paths.heads_clip),
     }
+
+
+def _opencv(c: CheckContext) -> dict[str, Callable]:
+    return {f"OpenCV DNN {versions()['opencv']}": partial(c.caffe(OpenCVRuntime, c.paths.deploy), threads=c.threads)}
+
+
+def _mnn(c: CheckContext) -> dict[str, Callable]:
+    num_classes = c.heads["settings"]["num_classes"]
+    return {
+        f"MNN {versions()['mnn']}": partial(
+            MnnRuntime, c.paths.deploy, c.paths.heads, c.scratch, num_classes, c.threads
+        )
+    }
+
+
+def _onnxruntime(c: CheckContext) -> dict[str, Callable]:
+    return {f"ONNX Runtime {versions()['onnxruntime']} + decode_detections": c.decoded(OnnxRuntime, c.paths.onnx)}
+
+
+def _toolchain(name: str, title: str, precisions: tuple[str, ...], **options: str) -> Callable:
+    """An edge toolchain's rows: one per precision (``default``: what the toolchain does unasked)."""
+
+    def rows(c: CheckContext) -> dict[str, Callable]:
+        settings = {key: getattr(c, value) for key, value in options.items()}
+        return {
+            f"{title.format(**settings)} ({precision}) + decode_detections": partial(
+                ToolchainRuntime,
+                name,
+                precision,
+                c.paths.root,
+                c.paths.edge(name, precision),
+                c.heads["priors"],
+                c.heads["settings"],
+                c.threads,
+                settings,
+            )
+            for precision in precisions
+        }
+
+    return rows
+
+
+# export.runtimes -> the rows it adds to the check. A new runtime is one entry here (and its class in
+# export.runtimes, or its module in export.edge with a requirements file in envs/toolchains/).
+RUNTIMES: dict[str, Callable[[CheckContext], dict[str, Callable]]] = {
+    "pycaffe": _pycaffe,
+    "opencv": _opencv,
+    "mnn": _mnn,
+    "onnxruntime": _onnxruntime,
+    "rknn": _toolchain("rknn", "RKNN {target} simulator", ("default",), target="rknn_target"),
+    "openvino": _toolchain("openvino", "OpenVINO CPU", ("default", "fp32")),
+    "ncnn": _toolchain("ncnn", "ncnn (pnnx)", ("default", "fp32")),
+    "litert": _toolchain("litert", "LiteRT (onnx2tf)", ("default", "fp32")),
+}
+
+
+def runtime_factories(names: list[str], context: CheckContext) -> dict[str, Callable]:
+    """Row name -> a function that loads the export in that runtime (raising its error when it cannot)."""
+    factories: dict[str, Callable] = {}
+    for name in names:
+        factories.update(RUNTIMES[name](context))
+    return factories
 
 
 def load_runtimes(factories: dict[str, Callable]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -85,6 +154,15 @@ def load_runtimes(factories: dict[str, Callable]) -> tuple[dict[str, Any], dict[
         except Exception as error:  # a runtime's own failure is a result of the check, reported per row
             errors[name] = " ".join(f"{type(error).__name__}: {error}".split())[:500]
     return loaded, errors
+
+
+def describe(runtime) -> dict[str, Any]:
+    """What a row says of its runtime beyond the numbers: precision, how outputs are fetched, the toolchain."""
+    about = {"precision": runtime.precision, "full_precision": runtime.full_precision, "fetch": runtime.fetch}
+    for key in ("version", "model", "convert_seconds"):
+        if hasattr(runtime, key):
+            about[key] = getattr(runtime, key)
+    return about
 
 
 def machine() -> dict[str, Any]:
@@ -121,8 +199,15 @@ def check_runtimes(
         if name in errors:
             rows.append({"runtime": name, "loads": False, "error": errors[name]})
             continue
-        rows.append(row_of(name, tallies[name], score, loaded[name].latency(first, settings.latency_runs)))
-    failures = failures_of(rows[1:], reference_row, settings.tolerance, settings.ap_tolerance)
+        runtime = loaded[name]
+        row = row_of(name, tallies[name], score, runtime.latency(first, settings.latency_runs))
+        rows.append(row | describe(runtime))
+    for runtime in loaded.values():
+        if hasattr(runtime, "close"):
+            runtime.close()
+    failures = failures_of(
+        rows[1:], reference_row, settings.tolerance, settings.ap_tolerance, settings.reduced_ap_tolerance
+    )
     return {
         "reference": REFERENCE,
         "rows": rows,
@@ -130,6 +215,7 @@ def check_runtimes(
         "images": len(images),
         "tolerance": settings.tolerance,
         "ap_tolerance": settings.ap_tolerance,
+        "reduced_ap_tolerance": settings.reduced_ap_tolerance,
         "score_threshold": settings.score_threshold,
         "threads": settings.threads,
         "latency": f"batch 1, median of {settings.latency_runs} runs after 5 warm-up runs",
@@ -156,6 +242,11 @@ def write_verify(result: dict[str, Any], rewrites: list, json_path, markdown_pat
         "Rewrites in caffe/deploy.prototxt (the maths unchanged):",
         "",
         *([f"- `{r.layer}` ({r.kind}): {r.detail}" for r in rewrites] or ["- none"]),
+        "",
+        "How each runtime's outputs are fetched (by name: never by order, since loc and scores can have the same "
+        "shape):",
+        "",
+        *[f"- {row['runtime']}: {row['fetch']}" for row in result["rows"] if row.get("fetch")],
         "",
         "Failures: " + ("; ".join(result["failures"]) if result["failures"] else "none"),
         "",

@@ -7,7 +7,11 @@ as ``[N, 6]`` rows ``label, score, xmin, ymin, xmax, ymax``, whatever its native
 * OpenCV DNN (``cv2.dnn.readNetFromCaffe``): ``[1, 1, keep_top_k, 7]``, padded with rows of zeros;
 * MNN (its Caffe converter, PriorBox and DetectionOutput included): ``[1, 1, N, 6]``, no image index;
 * ONNX Runtime: the head-only ``heads.onnx``, decoded by ``decode_detections``;
-* MNN heads: a head-only ``.mnn`` (FP32 or INT8, see ``export.quantize``), decoded the same way.
+* MNN heads: a head-only ``.mnn`` (FP32 or INT8, see ``export.quantize``), decoded the same way;
+* an edge toolchain (RKNN, OpenVINO, ncnn, LiteRT) in its own venv: its conversion of the head-only export,
+  run by ``export.edge.worker``, decoded the same way.
+
+Each says the precision it runs in (``full_precision``: float32 throughout) and how its outputs are fetched.
 
 ``latency()`` times what a user calls per image (the full net, or heads plus decode). MNN's converter is
 called through its extension module ``_tools``: the ``mnnconvert`` console script pip-installs a
@@ -17,9 +21,8 @@ logging SDK and sends usage telemetry.
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from collections.abc import Callable
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +30,11 @@ import numpy as np
 
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.export.decode import caffe_rows, decode_detections
+from ssdlite_coco.export.edge.pipe import PipeClosed, receive, send
 from ssdlite_coco.export.heads import LOC, SCORES
+from ssdlite_coco.export.timing import time_call
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class RuntimeLoadError(SsdliteError):
@@ -41,24 +48,12 @@ class Outputs:
     rows: np.ndarray
 
 
-def time_call(call: Callable[[], object], runs: int, warmup: int = 5) -> dict[str, float]:
-    """Median and spread (ms) of ``runs`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return {
-        "median_ms": round(statistics.median(times), 3),
-        "p90_ms": round(float(np.percentile(times, 90)), 3),
-        "runs": runs,
-    }
-
-
 class PycaffeRuntime:
     """A Caffe deploy net in pycaffe: the reference (trained net) and the exported net."""
+
+    precision = "float32"
+    full_precision = True
+    fetch = "blobs by name (the loc and conf blobs, detection_out)"
 
     def __init__(self, prototxt, weights, loc_blob: str, conf_blob: str, num_classes: int, net=None):
         import caffe
@@ -89,6 +84,8 @@ class PycaffeRuntime:
 class CaffeHeadsRuntime(PycaffeRuntime):
     """The head-only Caffe net in pycaffe, decoded by ``decode_detections``."""
 
+    fetch = "blobs by name: loc, scores"
+
     def __init__(self, prototxt, weights, priors: np.ndarray, settings: dict):
         super().__init__(prototxt, weights, LOC, SCORES, settings["num_classes"])
         self.priors, self.settings = priors, settings
@@ -104,6 +101,10 @@ class CaffeHeadsRuntime(PycaffeRuntime):
 
 class OpenCVRuntime:
     """``cv2.dnn.readNetFromCaffe`` on the deploy net (OpenCV's own PriorBox and DetectionOutput)."""
+
+    precision = "float32"
+    full_precision = True
+    fetch = "forward() with the blob names (loc and conf blobs, detection_out)"
 
     def __init__(self, prototxt, weights, loc_blob: str, conf_blob: str, num_classes: int, threads: int):
         import cv2
@@ -172,6 +173,10 @@ class _MnnSession:
 class MnnRuntime:
     """MNN: the deploy net converted (its DetectionOutput gives the detections) and the heads converted."""
 
+    precision = "float32"
+    full_precision = True
+    fetch = "getSessionOutput by name (loc, scores; detection_out)"
+
     def __init__(self, deploy, heads, workdir: Path, num_classes: int, threads: int):
         workdir.mkdir(parents=True, exist_ok=True)
         for (prototxt, weights), name in ((deploy, "deploy.mnn"), (heads, "heads.mnn")):
@@ -192,6 +197,10 @@ class MnnRuntime:
 
 class OnnxRuntime:
     """ONNX Runtime on ``heads.onnx`` (CPU), decoded by ``decode_detections``."""
+
+    precision = "float32"
+    full_precision = True
+    fetch = "run() with the output names loc, scores"
 
     def __init__(self, model_path: str | os.PathLike, priors: np.ndarray, settings: dict, threads: int):
         import onnxruntime
@@ -217,6 +226,10 @@ class OnnxRuntime:
 class MnnHeadsRuntime:
     """An MNN model of the head-only net (FP32 or INT8), decoded by ``decode_detections``."""
 
+    precision = "float32"
+    full_precision = True
+    fetch = "getSessionOutput by name: loc, scores"
+
     def __init__(self, model_path: str | os.PathLike, priors: np.ndarray, settings: dict, threads: int):
         self.session = _MnnSession(Path(model_path), threads)
         self.priors, self.settings = priors, settings
@@ -228,3 +241,75 @@ class MnnHeadsRuntime:
 
     def latency(self, array: np.ndarray, runs: int) -> dict[str, float]:
         return time_call(lambda: self.infer(array), runs)
+
+
+class ToolchainRuntime:
+    """An edge toolchain in its own venv (``export.edge``): its converted heads, decoded by ``decode_detections``.
+
+    A worker process in the toolchain's venv converts the export into ``work_dir`` and runs each image; its
+    ``loc`` and ``scores`` come back by name. ``latency()`` is the worker's own timing of the converted model
+    (no pipe in it) plus ``decode_detections`` timed here, so it compares with ONNX Runtime's heads + decode.
+    """
+
+    def __init__(
+        self,
+        toolchain: str,
+        precision: str,
+        export_dir: Path,
+        work_dir: Path,
+        priors: np.ndarray,
+        settings: dict,
+        threads: int,
+        options: dict[str, str] | None = None,
+    ):
+        from ssdlite_coco.export.edge.environment import toolchain_python
+
+        python = toolchain_python(toolchain, log=lambda message: print(message, file=sys.stderr, flush=True))
+        command = [str(python), "-m", "ssdlite_coco.export.edge.worker", "--toolchain", toolchain]
+        command += ["--export-dir", str(export_dir), "--work-dir", str(work_dir), "--precision", precision]
+        command += ["--threads", str(threads)]
+        for key, value in (options or {}).items():
+            command += ["--option", f"{key}={value}"]
+        # Only the project's package on the path: the toolchain's venv has its own NumPy, none of pycaffe's.
+        environment = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
+        try:
+            ready, _ = receive(self.process.stdout)
+        except PipeClosed:
+            self.close()
+            raise RuntimeLoadError(f"the {toolchain} worker exited with status {self.process.returncode}") from None
+        if ready["op"] == "error":
+            self.close()
+            raise RuntimeLoadError(ready["error"])
+        self.version, self.precision, self.fetch = ready["version"], ready["precision"], ready["fetch"]
+        self.full_precision = ready["full_precision"]
+        self.model, self.convert_seconds = ready["model"], ready["convert_seconds"]
+        self.priors, self.settings = priors, settings
+
+    def _ask(self, message: dict, array: np.ndarray) -> tuple[dict, list[np.ndarray]]:
+        try:
+            send(self.process.stdin, message, (array,))
+            return receive(self.process.stdout)
+        except (PipeClosed, BrokenPipeError):
+            raise RuntimeLoadError(f"the toolchain worker died (status {self.process.poll()}); see the log") from None
+
+    def infer(self, array: np.ndarray) -> Outputs:
+        _, (loc, scores) = self._ask({"op": "infer"}, array)
+        loc, scores = loc.reshape(-1, 4), scores.reshape(-1, self.settings["num_classes"])
+        return Outputs(loc, scores, decode_detections(loc, scores, self.priors, self.settings))
+
+    def latency(self, array: np.ndarray, runs: int) -> dict[str, float]:
+        answer, _ = self._ask({"op": "latency", "runs": runs}, array)
+        outputs = self.infer(array)
+        decode = time_call(lambda: decode_detections(outputs.loc, outputs.scores, self.priors, self.settings), runs)
+        heads = answer["latency"]
+        return {key: round(heads[key] + decode[key], 3) for key in ("median_ms", "p90_ms")} | {"runs": runs}
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

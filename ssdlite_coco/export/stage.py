@@ -14,7 +14,13 @@ from ssdlite_coco.export.fold import input_shape, load_net_params
 from ssdlite_coco.export.fold_check import check_folding, judge_folding, noise_allowance
 from ssdlite_coco.export.make import ExportPaths, make_deploy, make_heads, write_calibration, write_preprocess
 from ssdlite_coco.export.preprocess import transform_settings
-from ssdlite_coco.export.runtime_check import CheckSettings, check_runtimes, runtime_factories, write_verify
+from ssdlite_coco.export.runtime_check import (
+    CheckContext,
+    CheckSettings,
+    check_runtimes,
+    runtime_factories,
+    write_verify,
+)
 from ssdlite_coco.export.runtimes import PycaffeRuntime
 from ssdlite_coco.export.verify import ImageCase, VerifyError
 
@@ -110,9 +116,11 @@ def run_export(inputs: ExportInputs, out_dir: Path, options: dict[str, Any], log
     settings = CheckSettings(
         **{k: options[k] for k in ("threads", "ap_tolerance", "latency_runs", "score_threshold")},
         tolerance=noise_allowance(fold, options["tolerance"]),
+        reduced_ap_tolerance=options["reduced_ap_tolerance"],
     )
     with tempfile.TemporaryDirectory() as workdir:
-        factories = runtime_factories(paths, heads, Path(workdir), settings.threads)
+        context = CheckContext(paths, heads, Path(workdir), settings.threads, options["rknn_target"])
+        factories = runtime_factories(options["runtimes"], context)
         result = check_runtimes(reference, factories, images, transform, (height, width), settings, scorer)
     result.update(
         tolerance_floor=options["tolerance"], reference_noise=fold["reference_noise"]["max_relative_difference"]

@@ -26,11 +26,12 @@ def export_html(verify_json: str | os.PathLike, out_html: str | os.PathLike) -> 
     rows = []
     for row in verify["rows"]:
         if not row["loads"]:
-            rows.append([html.escape(row["runtime"]), "no: " + html.escape(row["error"])] + [""] * 6)
+            rows.append([html.escape(row["runtime"]), "-", "no: " + html.escape(row["error"])] + [""] * 6)
             continue
         rows.append(
             [
                 html.escape(row["runtime"]),
+                html.escape(row.get("precision", "float32")),
                 "yes",
                 f"{row['loc_max_difference']:.2g}",
                 f"{row['scores_max_difference']:.2g}",
@@ -40,7 +41,17 @@ def export_html(verify_json: str | os.PathLike, out_html: str | os.PathLike) -> 
                 f"{row['latency']['median_ms']:.1f}",
             ]
         )
-    header = ["runtime", "loads", "loc diff", "scores diff", "matched / pycaffe", "AP", "AP50", "median ms"]
+    header = [
+        "runtime",
+        "precision",
+        "loads",
+        "loc diff",
+        "scores diff",
+        "matched / pycaffe",
+        "AP",
+        "AP50",
+        "median ms",
+    ]
     failures = verify["failures"]
     body = (
         f"<h2>The export in every runtime, against pycaffe ({verify['images']} test images)</h2>"
@@ -90,40 +101,43 @@ def int8_html(int8_json: str | os.PathLike, out_html: str | os.PathLike) -> None
 
 
 def plot_int8(int8_json: str | os.PathLike, out_png: str | os.PathLike) -> None:
-    """COCO AP against batch-1 latency per model, the FP32 models as stars, the AP budget as a band."""
+    """One bar per model, grouped by runtime: the AP change against the runtime's unquantized model (the budget
+    as a band) and the batch-1 latency. Labels on the axis, the legend below: readable with any number of rows."""
     result = _read_export(int8_json, "INT8 results")
+    rows = sorted(
+        (row for row in result["rows"] if "AP" in row),
+        key=lambda row: (row["runtime"], row["precision"] == "int8", row["variant"]),
+    )
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    colours = {"onnxruntime": "tab:blue", "mnn": "tab:orange"}
-    for row in result["rows"]:
-        marker = "*" if row["precision"] == "fp32" else "o"
-        axes.scatter(
-            row["latency"]["median_ms"],
-            row["AP"],
-            s=120 if marker == "*" else 50,
-            marker=marker,
-            color=colours.get(row["runtime"], "tab:grey"),
-        )
-        axes.annotate(
-            row["variant"],
-            (row["latency"]["median_ms"], row["AP"]),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
-    fp32 = [row["AP"] for row in result["rows"] if row["precision"] == "fp32"]
-    if fp32:
-        axes.axhspan(
-            max(fp32) - result["max_ap_drop"],
-            max(fp32),
-            color="tab:green",
-            alpha=0.12,
-            label=f"within export.int8_max_ap_drop ({result['max_ap_drop']})",
-        )
-        axes.legend(loc="lower right", fontsize=8)
-    axes.set_xlabel("batch-1 latency, ms (median, decode included)")
-    axes.set_ylabel("COCO AP (test split)")
-    axes.set_title("INT8 against FP32 (stars), per runtime and calibration")
-    axes.grid(alpha=0.3)
+    figure, (change, latency) = plt.subplots(
+        1, 2, figsize=(10, 1.2 + 0.32 * len(rows)), sharey=True, gridspec_kw={"width_ratios": [3, 2]}
+    )
+    runtimes = sorted({row["runtime"] for row in rows})
+    colours = dict(zip(runtimes, plt.get_cmap("tab10").colors, strict=False))
+    positions = range(len(rows))
+    from matplotlib.colors import to_rgba
+
+    bar_colours = [to_rgba(colours[row["runtime"]], 1.0 if row["precision"] == "int8" else 0.4) for row in rows]
+    for axes, values in (
+        (change, [row["delta_AP"] for row in rows]),
+        (latency, [row["latency"]["median_ms"] for row in rows]),
+    ):
+        axes.barh(positions, values, color=bar_colours)
+        axes.grid(axis="x", alpha=0.3)
+    change.axvspan(-result["max_ap_drop"], 0, color="tab:green", alpha=0.15)
+    change.axvline(0, color="black", linewidth=0.8)
+    labels = [
+        f"{row['variant']}  AP {row['AP']:.3f}" + ("" if row["precision"] == "int8" else " (base)") for row in rows
+    ]
+    change.set_yticks(list(positions), labels, fontsize=8)
+    change.invert_yaxis()
+    change.set_xlabel("COCO AP change against the runtime's base model (pale)")
+    latency.set_xlabel("batch-1 latency, ms (median, with decode)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[name]) for name in runtimes]
+    handles.append(plt.Rectangle((0, 0), 1, 1, color="tab:green", alpha=0.15))
+    names = [*runtimes, f"within export.int8_max_ap_drop ({result['max_ap_drop']})"]
+    figure.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    figure.suptitle("What INT8 costs, per runtime and calibration")
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
     save_figure(figure, out_png)
     plt.close(figure)
