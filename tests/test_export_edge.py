@@ -31,7 +31,7 @@ from ssdlite_coco.export.make import ExportPaths  # noqa: E402
 from ssdlite_coco.export.preprocess import transform_settings  # noqa: E402
 from ssdlite_coco.export.runtime_check import CheckSettings, check_runtimes  # noqa: E402
 from ssdlite_coco.export.runtimes import OnnxRuntime, ToolchainRuntime  # noqa: E402
-from ssdlite_coco.export.verify import ImageCase  # noqa: E402
+from ssdlite_coco.export.stage import split_images  # noqa: E402
 
 pytestmark = pytest.mark.edge
 
@@ -165,12 +165,12 @@ def test_a_model_with_swapped_outputs_fails_the_check(demo_run, edge_export, tmp
     toolchain = partial(
         ToolchainRuntime, "ncnn", "fp32", swapped.root, swapped.edge("ncnn", "fp32"), priors, settings, 1
     )
-    images = sorted((demo_run / "results/data/test/images").iterdir())[:4]
+    images = split_images(demo_run / "results/data/test/instances.json", demo_run / "results/data/test/images", 4)
     transform = transform_settings(demo_run / "results/model/test.prototxt")
     result = check_runtimes(
         reference,
         {"ncnn swapped": toolchain},
-        [ImageCase(path) for path in images],
+        images,
         transform,
         (300, 300),
         CheckSettings(latency_runs=1),
