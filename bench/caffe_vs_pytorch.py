@@ -42,15 +42,15 @@ def write_nets(out_dir: Path, train_batch: int) -> dict:
     from caffe.proto import caffe_pb2
 
     from ssdlite_coco.caffe_tools.prototxt import format_prototxt
+    from ssdlite_coco.common.settings import parse_settings
     from ssdlite_coco.model.nets import ModelOptions, build_net
+    from ssdlite_coco.model.settings import ModelSettings
 
-    options = ModelOptions(
-        num_classes=NUM_CLASSES,
-        input_size=INPUT_SIZE,
-        augmentation=False,
-        backbone_bn="explicit",
-        activation="relu6",
-        train_batch_size=train_batch,
+    keys = {"input_size": INPUT_SIZE, "augmentation": False, "backbone_bn": "explicit", "activation": "relu6"}
+    settings = parse_settings(ModelSettings, json.dumps(keys | {"train_batch_size": train_batch}))
+    # No data layer is kept: the nets read no LMDB or file.
+    options = ModelOptions.from_settings(
+        settings, NUM_CLASSES, train_source="", test_source="", label_map_file="", name_size_file=None
     )
     generated = build_net(options, "train")
     train = caffe_pb2.NetParameter(name=generated.name)

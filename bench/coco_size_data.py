@@ -26,7 +26,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
 from annotated_data_throughput import cpu_model, data_only_net  # noqa: E402
-from lmdb_build import make_split  # noqa: E402
+from lmdb_build import make_split, trainval_settings  # noqa: E402
 
 from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb  # noqa: E402
 
@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
             labelmap,
             lmdb_path,
             workdir / "report.json",
-            BuildOptions(shuffle_seed=1, readers=args.readers, progress=True),
+            BuildOptions(trainval_settings(args.readers), "trainval", progress=True),
         )
         seconds = time.perf_counter() - start
         size = sum(path.stat().st_size for path in lmdb_path.iterdir())

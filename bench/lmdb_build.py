@@ -25,7 +25,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from ssdlite_coco.common.settings import parse_settings  # noqa: E402
 from ssdlite_coco.labelmap import format_labelmap, labelmap_from_categories  # noqa: E402
+from ssdlite_coco.lmdb.settings import BuildSettings  # noqa: E402
 from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb  # noqa: E402
 
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -66,8 +68,13 @@ def make_split(coco_dir: Path, repeat: int, out: Path, link: bool = False) -> tu
     instances = out / "instances.json"
     instances.write_text(json.dumps({**data, "images": images, "annotations": annotations}))
     labelmap = out / "labelmap.prototxt"
-    labelmap.write_text(format_labelmap(labelmap_from_categories(data["categories"])))
+    labelmap.write_text(format_labelmap(labelmap_from_categories(data["categories"], "coco81")))
     return instances, images_dir, labelmap
+
+
+def trainval_settings(readers: int) -> BuildSettings:
+    """The build's `lmdb` settings: the schema's, shuffle seed 1 and ``readers`` reader threads."""
+    return parse_settings(BuildSettings, json.dumps({"shuffle_seed": 1, "readers": readers}))
 
 
 def timed(action) -> float:
@@ -84,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
         size = sum(path.stat().st_size for path in images_dir.iterdir())
         print(f"{count} images, {size / 2**20:.0f} MiB, {args.readers} readers, {args.rounds} rounds")
         copy_target, lmdb_target = workdir / "copy", workdir / "trainval_lmdb"
-        options = BuildOptions(shuffle_seed=1, readers=args.readers, progress=False)
+        options = BuildOptions(trainval_settings(args.readers), "trainval", progress=False)
 
         def copy():
             subprocess.run(["cp", "-r", str(images_dir), str(copy_target)], check=True)

@@ -45,8 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 from ssdlite_coco.caffe_tools.weights import read_caffemodel  # noqa: E402
 from ssdlite_coco.evaluate.coco_scoring import evaluate_test_split  # noqa: E402
+from ssdlite_coco.evaluate.test_split import TestSplit  # noqa: E402
 from ssdlite_coco.train.data_stream import save_without_runtime_fields  # noqa: E402
-from ssdlite_coco.train.runner import TrainingError, TrainSettings, train  # noqa: E402
+from ssdlite_coco.train.runner import TrainingError, TrainRun, train  # noqa: E402
+from tests.support.train_settings import train_settings  # noqa: E402
 from tests.support.workflow_run import copy_workflow, output_tail, run_snakemake  # noqa: E402
 
 COCO_MINI = ROOT.parent / "shared/datasets/coco-mini"
@@ -176,17 +178,14 @@ def initial_weights(workdir: Path, row: Row, path: Path) -> Path:
 
 
 def score(workdir: Path, weights: Path, threads: int) -> dict:
-    metrics, _, _ = evaluate_test_split(
+    split = TestSplit.read(
         workdir / "results/model/test.prototxt",
-        weights,
         workdir / "results/lmdb/test_lmdb",
         workdir / "results/labelmap/test_name_size.txt",
         workdir / "results/labelmap/labelmap.prototxt",
         workdir / "results/data/test/instances.json",
-        max_batch=BATCH,
-        log=lambda message: None,
-        data_threads=threads,
     )
+    metrics, _, _ = evaluate_test_split(split, weights, BATCH, threads, log=lambda message: None)
     return {"AP": metrics["stats"]["AP"], "AP50": metrics["stats"]["AP50"]}
 
 
@@ -240,20 +239,20 @@ def run_row(row: Row, out: Path, threads: int) -> dict:
     os.chdir(workdir)  # the nets name the LMDBs relative to the workflow, as the rules run them
     start = initial_weights(workdir, row, workdir / INITIAL_WEIGHTS)
     converted = workdir / "resources/weights/initial_converted.caffemodel"
-    settings = TrainSettings(
+    run = TrainRun(
         solver=workdir / "results/model/solver.prototxt",
         weights_out=workdir / "final.caffemodel",
         log_csv_out=workdir / "train_log.csv",
         snapshot_root=workdir / "snapshots",
+        settings=train_settings(keep_snapshots=10, data_threads=threads),
+        threads=threads,
         initial_weights=converted if row.start == "converted" else None,
-        keep_snapshots=10,
-        data_threads=threads,
         progress_interval=50,
     )
     started = time.monotonic()
     stopped = None
     try:
-        train(settings, log=lambda message: print(f"[{row.name}] {message}", flush=True))
+        train(run, log=lambda message: print(f"[{row.name}] {message}", flush=True))
     except TrainingError as error:  # a diverging row stops at its guard: score what it reached
         stopped = str(error)
         print(f"[{row.name}] stopped: {stopped}", flush=True)

@@ -88,19 +88,10 @@ TEST_SPLIT_INPUTS = {
 TEST_SPLIT_FLAGS = (
     " --test-net {input.test_net} --lmdb {input.lmdb} --name-size {input.name_size}"
     " --labelmap {input.labelmap} --instances {input.instances}"
-    " --device {params.device} --batch-size {params.batch_size} --data-threads {threads}"
 )
 
 
 # --- dataset -----------------------------------------------------------------------------------
-
-
-def demo_image_count(wildcards):
-    return DATASET["demo"][f"{wildcards.split}_images"]
-
-
-def subset_image_count(wildcards):
-    return DATASET["subset"][f"{wildcards.split}_images"]
 
 
 def coco_split_of(wildcards):
@@ -150,18 +141,6 @@ def user_labelmap_inputs(wildcards):
     return [LABELMAP["file"]] if LABELMAP["file"] else []
 
 
-# --- lmdb --------------------------------------------------------------------------------------
-
-
-def lmdb_shuffle_option(wildcards):
-    """Trainval is shuffled with lmdb.shuffle_seed; test keeps image id order (the name-size file's)."""
-    return (
-        f"--shuffle-seed {LMDB['shuffle_seed']}"
-        if wildcards.split == "trainval"
-        else ""
-    )
-
-
 # --- model -------------------------------------------------------------------------------------
 
 
@@ -199,11 +178,6 @@ def weights_coverage_flag(wildcards, input):
 
 def initial_weights_flag(wildcards, input):
     return f"--initial-weights {input.initial_weights}" if input.initial_weights else ""
-
-
-def data_threads_flag(wildcards, threads):
-    """train.data_threads, or the train rule's threads where it is 0."""
-    return TRAIN["data_threads"] or threads
 
 
 # --- export ------------------------------------------------------------------------------------

@@ -3,6 +3,15 @@
 # Downloads run where the internet is (the submit host under SLURM); the others take seconds: all are
 # local rules.
 
+from ssdlite_coco.common.settings import settings_json
+from ssdlite_coco.dataset.settings import (
+    DemoSettings,
+    DownloadSettings,
+    LocalSettings,
+    SubsetDownloadSettings,
+    SubsetSettings,
+)
+
 
 # Archives of COCO 2017 (download and subset sources). Bytes accumulate in {archive}.zip.part, which
 # is not an output, so an interrupted download resumes on the next run.
@@ -19,10 +28,10 @@ rule dataset_download_archive:
     params:
         url=coco_archive_url,
         sha1=coco_archive_sha1,
-        retries=DATASET["download"]["retries"],
+        settings=settings_json(DownloadSettings, DATASET["download"]),
     shell:
         "logged {log} download_archive.py --url={params.url:q} --sha1={params.sha1:q}"
-        " --retries {params.retries} --out {output.archive}"
+        " --settings {params.settings:q} --out {output.archive}"
 
 
 if DATASET["source"] == "demo":
@@ -40,11 +49,11 @@ if DATASET["source"] == "demo":
         resources:
             **rule_resources(config, "dataset_demo"),
         params:
-            images=demo_image_count,
-            seed=DATASET["demo"]["seed"],
+            settings=settings_json(DemoSettings, DATASET["demo"]),
         shell:
-            "logged {log} generate_demo_dataset.py --split {wildcards.split} --images {params.images}"
-            " --seed {params.seed} --out-instances {output.instances} --out-images {output.images}"
+            "logged {log} generate_demo_dataset.py --split {wildcards.split}"
+            " --settings {params.settings:q}"
+            " --out-instances {output.instances} --out-images {output.images}"
 
 
 if DATASET["source"] == "download":
@@ -88,16 +97,13 @@ if DATASET["source"] == "subset":
         resources:
             **rule_resources(config, "dataset_subset"),
         params:
-            coco_split=coco_split_of,
-            images=subset_image_count,
-            seed=DATASET["subset"]["seed"],
-            base_url=DATASET["download"]["base_url"],
-            retries=DATASET["download"]["retries"],
+            settings=settings_json(SubsetSettings, DATASET["subset"]),
+            download_settings=settings_json(SubsetDownloadSettings, DATASET["download"]),
             cache_dir=coco_images_cache,
         shell:
             "logged {log} fetch_subset.py --annotations-zip {input.annotations}"
-            " --coco-split {params.coco_split} --images {params.images} --seed {params.seed}"
-            " --base-url={params.base_url:q} --retries {params.retries}"
+            " --split {wildcards.split} --settings {params.settings:q}"
+            " --download-settings {params.download_settings:q}"
             " --cache-dir {params.cache_dir}"
             " --out-instances {output.instances} --out-images {output.images}"
 
@@ -120,8 +126,8 @@ if DATASET["source"] == "local":
         resources:
             **rule_resources(config, "dataset_local"),
         params:
-            check_images=DATASET["local"]["check_images"],
+            settings=settings_json(LocalSettings, DATASET["local"]),
         shell:
             "logged {log} link_local_dataset.py --instances {input.instances:q}"
-            " --images {input.images:q} --check-images {params.check_images}"
+            " --images {input.images:q} --settings {params.settings:q}"
             " --out-instances {output.instances} --out-images {output.images}"

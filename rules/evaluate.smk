@@ -1,6 +1,9 @@
 # Rules of the evaluate stage (see README.md): score the trained weights on the test split (COCO metrics
 # with pycocotools + Caffe's detection_eval).
 
+from ssdlite_coco.common.settings import settings_json
+from ssdlite_coco.evaluate.settings import EvaluateSettings
+
 
 rule evaluate:
     """The trained net on the test split: COCO detections, the 12 COCO numbers, per-class AP, detection_eval."""
@@ -25,9 +28,10 @@ rule evaluate:
         **caffe_rule_resources("evaluate"),
     params:
         device=TRAIN["device"],
-        batch_size=EVALUATE["batch_size"],
+        settings=settings_json(EvaluateSettings, EVALUATE),
     shell:
         "logged {log} with-caffe --threads {threads} evaluate.py --weights {input.weights}"
+        " --device {params.device} --settings {params.settings:q} --data-threads {threads}"
         + TEST_SPLIT_FLAGS
         + (
             " --metrics-json {output.metrics_json} --metrics-csv {output.metrics_csv}"

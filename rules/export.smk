@@ -4,6 +4,9 @@
 # images, and the check in every runtime of export.runtimes (verify.json); the edge toolchains among them
 # (RKNN, OpenVINO, ncnn, LiteRT) run in their own venvs and leave their converted models in edge/<name>/.
 
+from ssdlite_coco.common.settings import settings_json
+from ssdlite_coco.export.settings import ExportSettings, Int8Settings
+
 
 rule export:
     """Caffe, head-only Caffe and ONNX exports, checked in every runtime of export.runtimes."""
@@ -44,31 +47,15 @@ rule export:
         **rule_resources(config, "export"),
     params:
         out_dir=export_out_dir,
-        check_images=EXPORT["fold_check_images"],
-        fold_tolerance=EXPORT["fold_tolerance"],
-        fold_noise_factor=EXPORT["fold_noise_factor"],
-        score_threshold=EXPORT["match_score_threshold"],
-        calibration_images=EXPORT["calibration_images"],
-        verify_images=EXPORT["verify_images"],
-        tolerance=EXPORT["tolerance"],
-        ap_tolerance=EXPORT["ap_tolerance"],
-        latency_runs=EXPORT["latency_runs"],
-        runtimes=EXPORT["runtimes"],
-        rknn_target=EXPORT["rknn_target"],
-        reduced_ap_tolerance=EXPORT["reduced_precision_ap_tolerance"],
+        settings=settings_json(ExportSettings, EXPORT),
     shell:
         "logged {log} with-caffe --threads {threads} export.py --deploy-net {input.deploy_net}"
         " --weights {input.weights} --test-net {input.test_net} --instances {input.instances}"
         " --images {input.images} --labelmap {input.labelmap} --out-dir {params.out_dir}"
-        " --check-images {params.check_images} --fold-tolerance {params.fold_tolerance}"
-        " --fold-noise-factor {params.fold_noise_factor}"
-        " --calibration-images {params.calibration_images} --verify-images {params.verify_images}"
+        " --settings {params.settings:q}"
         " --calibration-instances {input.calibration_instances}"
         " --calibration-images-dir {input.calibration_images}"
-        " --tolerance {params.tolerance} --ap-tolerance {params.ap_tolerance}"
-        " --latency-runs {params.latency_runs} --score-threshold {params.score_threshold}"
-        " --runtimes {params.runtimes} --rknn-target {params.rknn_target}"
-        " --reduced-ap-tolerance {params.reduced_ap_tolerance} --threads {threads}"
+        " --threads {threads}"
 
 
 rule export_int8:
@@ -101,19 +88,9 @@ rule export_int8:
     params:
         export_dir=export_dir_of,
         out_dir=int8_out_dir,
-        variants=EXPORT["int8_variants"],
-        max_ap_drop=EXPORT["int8_max_ap_drop"],
-        activations=EXPORT["int8_activations"],
-        verify_images=EXPORT["verify_images"],
-        latency_runs=EXPORT["latency_runs"],
-        score_threshold=EXPORT["match_score_threshold"],
-        rknn_target=EXPORT["rknn_target"],
+        settings=settings_json(Int8Settings, EXPORT),
     shell:
         "logged {log} with-caffe --threads {threads} export_int8.py --export-dir {params.export_dir}"
         " --deploy-net {input.deploy_net} --test-net {input.test_net} --instances {input.instances}"
         " --images {input.images} --labelmap {input.labelmap} --out-dir {params.out_dir}"
-        " --variants {params.variants} --max-ap-drop {params.max_ap_drop}"
-        " --activations {params.activations}"
-        " --verify-images {params.verify_images} --latency-runs {params.latency_runs}"
-        " --score-threshold {params.score_threshold} --rknn-target {params.rknn_target}"
-        " --threads {threads}"
+        " --settings {params.settings:q} --threads {threads}"

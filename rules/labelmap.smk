@@ -1,6 +1,9 @@
 # Rules of the labelmap stage (see README.md): results/labelmap/labelmap.prototxt (config labelmap.mode,
 # or the checked labelmap.file) and results/labelmap/{split}_name_size.txt for trainval and test.
 
+from ssdlite_coco.common.settings import settings_json
+from ssdlite_coco.labelmap import LabelmapSettings
+
 
 rule make_labelmap:
     """Write the Caffe-SSD labelmap of the dataset and the name-size file (image_id height width) per split."""
@@ -20,10 +23,9 @@ rule make_labelmap:
     resources:
         **rule_resources(config, "make_labelmap"),
     params:
-        mode=LABELMAP["mode"],
-        user_labelmap=LABELMAP["file"],
+        settings=settings_json(LabelmapSettings, LABELMAP),
     shell:
         "logged {log} with-caffe make_labelmap.py --trainval {input.trainval} --test {input.test}"
-        " --mode {params.mode} --labelmap-file={params.user_labelmap:q} --labelmap-out {output.labelmap}"
+        " --settings {params.settings:q} --labelmap-out {output.labelmap}"
         " --trainval-name-size-out {output.trainval_name_size}"
         " --test-name-size-out {output.test_name_size}"

@@ -1,6 +1,9 @@
 # Rules of the lmdb stage (see README.md): results/lmdb/{split}_lmdb (Caffe LMDB of AnnotatedDatum) with
 # its build report results/lmdb/{split}_build.json, and results/lmdb/{split}_check/ (stats + pictures).
 
+from ssdlite_coco.common.settings import settings_json
+from ssdlite_coco.lmdb.settings import BuildSettings, CheckSettings
+
 
 rule build_lmdb:
     """Convert a split into a Caffe LMDB of AnnotatedDatum records (built aside, renamed when complete)."""
@@ -20,16 +23,11 @@ rule build_lmdb:
     resources:
         **rule_resources(config, "build_lmdb"),
     params:
-        crowd=LMDB["crowd"],
-        min_box_size=LMDB["min_box_size"],
-        on_bad_record=LMDB["on_bad_record"],
-        readers=LMDB["readers"],
-        shuffle=lmdb_shuffle_option,
+        settings=settings_json(BuildSettings, LMDB),
     shell:
         "logged {log} with-caffe build_lmdb.py --instances {input.instances} --images {input.images}"
         " --labelmap {input.labelmap} --out {output.lmdb} --report-out {output.report}"
-        " --crowd {params.crowd} --min-box-size {params.min_box_size}"
-        " --on-bad-record {params.on_bad_record} --readers {params.readers} {params.shuffle}"
+        " --split {wildcards.split} --settings {params.settings:q}"
 
 
 rule check_lmdb:
@@ -50,8 +48,8 @@ rule check_lmdb:
     resources:
         **rule_resources(config, "check_lmdb"),
     params:
-        readers=LMDB["readers"],
+        settings=settings_json(CheckSettings, LMDB),
     shell:
         "logged {log} with-caffe check_lmdb.py --lmdb {input.lmdb} --report {input.report}"
         " --instances {input.instances} --labelmap {input.labelmap} --out {output.check}"
-        " --readers {params.readers}"
+        " --settings {params.settings:q}"

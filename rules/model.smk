@@ -4,6 +4,9 @@
 # written into the nets (rule train needs the LMDBs, this rule does not). The rule also reports how many
 # training boxes the priors can match (prior_coverage.{json,md}) and warns when too few can.
 
+from ssdlite_coco.common.settings import settings_json
+from ssdlite_coco.model.settings import ModelSettings, SolverSettings
+
 
 rule make_model:
     """Write results/model/{train,test,deploy,solver}.prototxt, the resolved model_config.json and the prior coverage."""
@@ -29,14 +32,14 @@ rule make_model:
     resources:
         **rule_resources(config, "make_model"),
     params:
-        model=json.dumps(MODEL),
-        solver=json.dumps(config["solver"]),
+        model=settings_json(ModelSettings, MODEL),
+        solver=settings_json(SolverSettings, config["solver"]),
         device=TRAIN["device"],
         train_lmdb=TRAIN_LMDB,
         test_lmdb=TEST_LMDB,
     shell:
-        "logged {log} with-caffe make_model.py --model-config={params.model:q}"
-        " --solver-config={params.solver:q} --device {params.device}"
+        "logged {log} with-caffe make_model.py --model-settings={params.model:q}"
+        " --solver-settings={params.solver:q} --device {params.device}"
         " --labelmap {input.labelmap} --name-size {input.test_name_size}"
         " --test-instances {input.test_instances}"
         " --train-lmdb {params.train_lmdb} --test-lmdb {params.test_lmdb}"

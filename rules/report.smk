@@ -1,5 +1,8 @@
 # Rules of the report stage (see README.md): figures for `snakemake --report report.html`.
 
+from ssdlite_coco.common.settings import settings_json
+from ssdlite_coco.report.settings import DetectionGridSettings
+
 
 rule plot_report:
     """Loss curve, mAP table and a grid of detections drawn on test images, for the HTML report."""
@@ -32,13 +35,11 @@ rule plot_report:
     resources:
         **rule_resources(config, "plot_report"),
     params:
-        num_images=config["evaluate"]["report_images"],
-        score_threshold=config["evaluate"]["report_score_threshold"],
+        settings=settings_json(DetectionGridSettings, EVALUATE),
     shell:
         "logged {log} plot_report.py --train-log {input.train_log} --metrics {input.metrics}"
         " --detections {input.detections} --instances {input.instances} --images {input.images}"
-        " --num-images {params.num_images} --score-threshold {params.score_threshold}"
-        " --loss-png {output.loss} --metrics-html {output.metrics}"
+        " --settings {params.settings:q} --loss-png {output.loss} --metrics-html {output.metrics}"
         " --detections-image {output.detections}"
 
 

@@ -3,6 +3,14 @@
 # resources/snapshots/, which Snakemake leaves alone when a job fails, so a killed training resumes
 # from the newest one.
 
+from ssdlite_coco.common.settings import settings_json
+from ssdlite_coco.evaluate.settings import InitialWeightsCheckSettings
+from ssdlite_coco.train.settings import (
+    ConvertWeightsSettings,
+    FetchWeightsSettings,
+    TrainSettings,
+)
+
 
 rule fetch_initial_weights:
     """Copy (local path) or download (URL, checked against train.initial_weights_sha256) the initial weights."""
@@ -15,11 +23,9 @@ rule fetch_initial_weights:
     resources:
         **rule_resources(config, "fetch_initial_weights"),
     params:
-        source=TRAIN["initial_weights"],
-        sha256=TRAIN["initial_weights_sha256"],
+        settings=settings_json(FetchWeightsSettings, TRAIN),
     shell:
-        "logged {log} fetch_weights.py --source={params.source:q} --sha256={params.sha256:q}"
-        " --out {output.weights}"
+        "logged {log} fetch_weights.py --settings {params.settings:q} --out {output.weights}"
 
 
 rule convert_initial_weights:
@@ -40,9 +46,9 @@ rule convert_initial_weights:
     resources:
         **rule_resources(config, "convert_initial_weights"),
     params:
-        format=WEIGHTS_FORMAT,
+        settings=settings_json(ConvertWeightsSettings, TRAIN),
     shell:
-        "logged {log} with-caffe --threads {threads} convert_weights.py --format {params.format}"
+        "logged {log} with-caffe --threads {threads} convert_weights.py --settings {params.settings:q}"
         " --weights {input.weights} --net {input.net} --out {output.weights}"
         " --coverage-json {output.coverage_json} --coverage-txt {output.coverage_txt}"
 
@@ -65,17 +71,13 @@ rule check_initial_weights:
         **caffe_rule_resources("check_initial_weights"),
     params:
         device=TRAIN["device"],
-        batch_size=EVALUATE["batch_size"],
-        chance_ap50=EVALUATE["chance_ap50"],
+        settings=settings_json(InitialWeightsCheckSettings, EVALUATE),
         coverage=weights_coverage_flag,
     shell:
         "logged {log} with-caffe --threads {threads} check_weights.py --weights {input.weights}"
-        " {params.coverage}"
+        " {params.coverage} --device {params.device} --settings {params.settings:q} --data-threads {threads}"
         + TEST_SPLIT_FLAGS
-        + (
-            " --chance-ap50 {params.chance_ap50}"
-            " --report-json {output.report_json} --report-csv {output.report_csv}"
-        )
+        + " --report-json {output.report_json} --report-csv {output.report_csv}"
 
 
 rule train:
@@ -103,18 +105,11 @@ rule train:
     resources:
         **caffe_rule_resources("train"),
     params:
-        device=TRAIN["device"],
         snapshot_root=SNAPSHOT_ROOT,
-        snapshot_interval=TRAIN["snapshot_interval"],
-        keep_snapshots=TRAIN["keep_snapshots"],
-        data_threads=data_threads_flag,
-        divergence_factor=TRAIN["divergence_factor"],
-        divergence_displays=TRAIN["divergence_displays"],
+        settings=settings_json(TrainSettings, TRAIN),
         initial_weights=initial_weights_flag,
     shell:
         "logged {log} with-caffe --threads {threads} train.py --solver {input.solver}"
         " --weights-out {output.weights} --log-csv {output.log_csv}"
-        " --snapshot-root {params.snapshot_root} --device {params.device}"
-        " --snapshot-interval {params.snapshot_interval} --keep-snapshots {params.keep_snapshots}"
-        " --data-threads {params.data_threads} --divergence-factor {params.divergence_factor}"
-        " --divergence-displays {params.divergence_displays} {params.initial_weights}"
+        " --snapshot-root {params.snapshot_root} --settings {params.settings:q}"
+        " --threads {threads} {params.initial_weights}"

@@ -5,9 +5,9 @@ import argparse
 import sys
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
-from ssdlite_coco.lmdb.records import CROWD_POLICIES
-from ssdlite_coco.lmdb.writer import BAD_RECORD_POLICIES, BuildOptions, build_lmdb
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
+from ssdlite_coco.lmdb.settings import BuildSettings
+from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -18,45 +18,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="LMDB folder to create")
     parser.add_argument("--report-out", required=True, help="build report (JSON) to write")
     parser.add_argument(
-        "--crowd",
-        choices=CROWD_POLICIES,
-        default=schema_default("lmdb.crowd"),
-        help="crowd boxes: keep as difficult, or drop",
+        "--split",
+        required=True,
+        choices=("trainval", "test"),
+        help="trainval is shuffled with lmdb.shuffle_seed; test keeps image id order",
     )
-    parser.add_argument(
-        "--min-box-size",
-        type=float,
-        default=schema_default("lmdb.min_box_size"),
-        help="drop boxes narrower or lower than this many pixels",
-    )
-    parser.add_argument(
-        "--on-bad-record",
-        choices=BAD_RECORD_POLICIES,
-        default=schema_default("lmdb.on_bad_record"),
-        help="stop at the first bad image, or skip (and count) bad images",
-    )
-    parser.add_argument(
-        "--shuffle-seed",
-        type=int,
-        default=None,
-        help="shuffle the records with this seed (default: image id order)",
-    )
-    parser.add_argument(
-        "--readers", type=int, default=schema_default("lmdb.readers"), help="threads reading the image files"
-    )
+    add_settings_argument(parser, BuildSettings)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    options = BuildOptions(
-        crowd=args.crowd,
-        min_box_size=args.min_box_size,
-        on_bad_record=args.on_bad_record,
-        shuffle_seed=args.shuffle_seed,
-        readers=args.readers,
-        progress=not args.no_progress,
-    )
+    options = BuildOptions(parse_settings(BuildSettings, args.settings), args.split, progress=not args.no_progress)
     report = build_lmdb(args.instances, args.images, args.labelmap, args.out, args.report_out, options)
     for message in report["bad_record_messages"]:
         print(f"skipped: {message}", file=sys.stderr)

@@ -4,8 +4,9 @@
 import argparse
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
 from ssdlite_coco.lmdb.check import check_lmdb
+from ssdlite_coco.lmdb.settings import CheckSettings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -15,14 +16,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instances", required=True, help="COCO instances JSON it was built from")
     parser.add_argument("--labelmap", required=True, help="labelmap prototxt it was built with")
     parser.add_argument("--out", required=True, help="folder to write stats.csv, summary.csv, samples.png")
-    parser.add_argument(
-        "--readers", type=int, default=schema_default("lmdb.readers"), help="threads decoding the images"
-    )
+    add_settings_argument(parser, CheckSettings)
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = check_lmdb(args.lmdb, args.report, args.instances, args.labelmap, args.out, readers=args.readers)
+    settings = parse_settings(CheckSettings, args.settings)
+    summary = check_lmdb(args.lmdb, args.report, args.instances, args.labelmap, args.out, settings)
     print(f"ok: {args.lmdb}: {summary['records']} records and {summary['boxes']} boxes verified; stats in {args.out}")
     return 0
 

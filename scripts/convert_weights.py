@@ -6,18 +6,15 @@ import os
 from pathlib import Path
 
 from ssdlite_coco.common.cli import run
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
+from ssdlite_coco.train.settings import ConvertWeightsSettings
 
 os.environ.setdefault("GLOG_minloglevel", "1")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--format",
-        required=True,
-        choices=("torchvision", "shicai"),
-        help="torchvision: mobilenet_v2 state dict (.pth); shicai: shicai/MobileNet-Caffe .caffemodel",
-    )
+    add_settings_argument(parser, ConvertWeightsSettings)
     parser.add_argument("--weights", required=True, type=Path, help="the ImageNet weights")
     parser.add_argument("--net", required=True, type=Path, help="the generated net (results/model/train.prototxt)")
     parser.add_argument("--out", required=True, type=Path, help=".caffemodel to write (the backbone's layers)")
@@ -30,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
     from ssdlite_coco.train.convert_weights import convert_weights
 
     convert_weights(
-        args.format,
+        parse_settings(ConvertWeightsSettings, args.settings).initial_weights_format,
         args.weights,
         args.net,
         args.out,

@@ -5,8 +5,9 @@ import argparse
 import sys
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.download import download_file
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
+from ssdlite_coco.dataset.settings import DownloadSettings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -14,25 +15,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", required=True)
     parser.add_argument("--sha1", default="", help="expected SHA-1 (hex); empty: do not check")
     parser.add_argument("--out", required=True, help="file to write (bytes accumulate in OUT.part)")
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=schema_default("dataset.download.retries"),
-        help="resumes after a dropped connection",
-    )
+    add_settings_argument(parser, DownloadSettings)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds without data before retrying")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    settings = parse_settings(DownloadSettings, args.settings)
     if not args.sha1:
         print(f"warning: no SHA-1 given for {args.url}; the download is not verified", file=sys.stderr)
     download_file(
         args.url,
         args.out,
         sha1=args.sha1 or None,
-        retries=args.retries,
+        retries=settings.retries,
         timeout=args.timeout,
         progress=not args.no_progress,
     )

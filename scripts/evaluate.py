@@ -7,26 +7,19 @@ import os
 from pathlib import Path
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
+from ssdlite_coco.evaluate.settings import EvaluateSettings
+from ssdlite_coco.evaluate.test_split import add_test_split_arguments, split_from_args
 
 os.environ.setdefault("GLOG_minloglevel", "1")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--test-net", required=True, type=Path, help="test prototxt (results/model/test.prototxt)")
     parser.add_argument("--weights", required=True, type=Path, help=".caffemodel to evaluate")
-    parser.add_argument("--lmdb", required=True, type=Path, help="test LMDB (results/lmdb/test_lmdb)")
-    parser.add_argument("--name-size", required=True, type=Path, help="results/labelmap/test_name_size.txt")
-    parser.add_argument("--labelmap", required=True, type=Path, help="results/labelmap/labelmap.prototxt")
-    parser.add_argument("--instances", required=True, type=Path, help="results/data/test/instances.json")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=schema_default("train.device"))
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=schema_default("evaluate.batch_size"),
-        help="largest test batch (a divisor of the image count)",
-    )
+    add_test_split_arguments(parser)
+    add_settings_argument(parser, EvaluateSettings)
+    parser.add_argument("--device", choices=("cpu", "cuda"), required=True, help="train.device")
     parser.add_argument(
         "--data-threads", type=int, default=1, help="threads decoding and transforming a test batch (the rule's)"
     )
@@ -42,16 +35,13 @@ def main(args: argparse.Namespace) -> int:
     from ssdlite_coco.common.atomic import atomic_write_text
     from ssdlite_coco.evaluate.coco_scoring import evaluate_test_split, write_metrics
 
+    settings = parse_settings(EvaluateSettings, args.settings)
     select_device(args.device)
     metrics, detections, _ = evaluate_test_split(
-        args.test_net,
+        split_from_args(args),
         args.weights,
-        args.lmdb,
-        args.name_size,
-        args.labelmap,
-        args.instances,
-        max_batch=args.batch_size,
-        data_threads=args.data_threads,
+        settings.batch_size,
+        args.data_threads,
         log=lambda message: print(message, flush=True),
     )
     print(metrics["summary"], end="")

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
+from ssdlite_coco.export.settings import Int8Settings
 
 os.environ.setdefault("GLOG_minloglevel", "1")
 
@@ -25,13 +26,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration", type=Path, help="calibration folder (list.txt + .npy); default: EXPORT_DIR/calibration"
     )
-    parser.add_argument("--variants", nargs="+", default=schema_default("export.int8_variants"))
-    parser.add_argument("--max-ap-drop", type=float, default=schema_default("export.int8_max_ap_drop"))
-    parser.add_argument("--activations", choices=["int8", "uint8"], default=schema_default("export.int8_activations"))
-    parser.add_argument("--verify-images", type=int, default=schema_default("export.verify_images"), help="0: all")
-    parser.add_argument("--latency-runs", type=int, default=schema_default("export.latency_runs"))
-    parser.add_argument("--score-threshold", type=float, default=schema_default("export.match_score_threshold"))
-    parser.add_argument("--rknn-target", default=schema_default("export.rknn_target"), help="chip of rknn/ variants")
+    add_settings_argument(parser, Int8Settings)
     parser.add_argument("--threads", type=int, default=1, help="threads of every runtime (the rule's threads)")
     return parser
 
@@ -44,17 +39,7 @@ def main(args: argparse.Namespace) -> int:
     inputs = Int8Inputs(
         args.export_dir, args.deploy_net, args.test_net, args.instances, args.images, args.labelmap, args.calibration
     )
-    options = {
-        "variants": args.variants,
-        "max_ap_drop": args.max_ap_drop,
-        "activations": args.activations,
-        "verify_images": args.verify_images,
-        "latency_runs": args.latency_runs,
-        "score_threshold": args.score_threshold,
-        "threads": args.threads,
-        "rknn_target": args.rknn_target,
-    }
-    verdict = run_int8(inputs, args.out_dir, options)["verdict"]
+    verdict = run_int8(inputs, args.out_dir, parse_settings(Int8Settings, args.settings), args.threads)["verdict"]
     if verdict["over_budget"] or verdict["failed"]:
         print(f"warning: {verdict['message']} ({args.out_dir / 'int8.md'})", file=sys.stderr, flush=True)
     else:

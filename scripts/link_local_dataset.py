@@ -5,28 +5,25 @@ import argparse
 import json
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
 from ssdlite_coco.dataset.coco_json import prepare_local_split
+from ssdlite_coco.dataset.settings import LocalSettings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--instances", required=True, help="the dataset's COCO instances JSON")
     parser.add_argument("--images", required=True, help="the folder holding its images")
-    parser.add_argument(
-        "--check-images",
-        type=int,
-        default=schema_default("dataset.local.check_images"),
-        help="how many images to open as a check",
-    )
+    add_settings_argument(parser, LocalSettings)
     parser.add_argument("--out-instances", required=True)
     parser.add_argument("--out-images", required=True, help="becomes a symlink to --images")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    settings = parse_settings(LocalSettings, args.settings)
     counts = prepare_local_split(
-        args.instances, args.images, args.out_instances, args.out_images, sample=args.check_images
+        args.instances, args.images, args.out_instances, args.out_images, sample=settings.check_images
     )
     print(f"{args.instances}: {json.dumps(counts)}")
     return 0

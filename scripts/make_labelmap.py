@@ -4,23 +4,15 @@
 import argparse
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
-from ssdlite_coco.labelmap import MODES, make_labelmap
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
+from ssdlite_coco.labelmap import LabelmapSettings, make_labelmap
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trainval", required=True, help="COCO instances JSON of the trainval split")
     parser.add_argument("--test", required=True, help="COCO instances JSON of the test split")
-    parser.add_argument(
-        "--mode",
-        choices=MODES,
-        default=schema_default("labelmap.mode"),
-        help="coco81: background + contiguous labels (SSD); coco91: label = COCO category id",
-    )
-    parser.add_argument(
-        "--labelmap-file", default="", help="use (and check) this labelmap prototxt instead of generating one"
-    )
+    add_settings_argument(parser, LabelmapSettings)
     parser.add_argument("--labelmap-out", required=True, help="labelmap prototxt to write")
     parser.add_argument("--trainval-name-size-out", required=True, help="name-size file of trainval")
     parser.add_argument("--test-name-size-out", required=True, help="name-size file of test")
@@ -32,8 +24,7 @@ def main(args: argparse.Namespace) -> int:
         {"trainval": args.trainval, "test": args.test},
         args.labelmap_out,
         {"trainval": args.trainval_name_size_out, "test": args.test_name_size_out},
-        mode=args.mode,
-        user_labelmap=args.labelmap_file or None,
+        parse_settings(LabelmapSettings, args.settings),
     )
     print(f"ok: {args.labelmap_out}: {len(items)} labels (background included)")
     return 0

@@ -1,35 +1,34 @@
 #!/usr/bin/env python3
 """Write the MobileNetV2-SSDLite train, test, deploy and solver prototxts (generated, or the user's patched).
 
-The `model` and `solver` config sections come in as JSON; what was resolved (class count, test_iter,
-priors, the deploy net's parameter count as pycaffe sees it, warnings) is written to --config-out. With
---train-instances, the share of the training boxes the priors can match (per size bucket) goes to
---coverage-json and --coverage-md, with a warning when it is below model.prior_coverage_warn_below.
+The `model` and `solver` config sections come in as JSON (--model-settings, --solver-settings; the keys
+not given take their schema defaults); what was resolved (class count, test_iter, priors, the deploy net's
+parameter count as pycaffe sees it, warnings) is written to --config-out. With --train-instances, the share
+of the training boxes the priors can match (per size bucket) goes to --coverage-json and --coverage-md, with a
+warning when it is below model.prior_coverage_warn_below.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
 from ssdlite_coco.model.make import ModelInputs, make_model
 from ssdlite_coco.model.prior_coverage import coverage_summary, write_prior_coverage
+from ssdlite_coco.model.settings import ModelSettings, SolverSettings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-config", default="{}", help="the `model` config section as JSON")
-    parser.add_argument("--solver-config", default="{}", help="the `solver` config section as JSON")
+    add_settings_argument(parser, ModelSettings, "--model-settings")
+    add_settings_argument(parser, SolverSettings, "--solver-settings")
     parser.add_argument("--labelmap", required=True, help="labelmap prototxt (gives the class count)")
     parser.add_argument("--name-size", required=True, help="test split 'image_id height width' file")
     parser.add_argument("--test-instances", required=True, help="test split COCO JSON (gives test_iter)")
     parser.add_argument("--train-lmdb", default="results/lmdb/trainval_lmdb", help="train LMDB path, as written")
     parser.add_argument("--test-lmdb", default="results/lmdb/test_lmdb", help="test LMDB path, as written")
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default=schema_default("train.device"), help="solver_mode CPU or GPU"
-    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), required=True, help="train.device: solver_mode CPU or GPU")
     parser.add_argument("--out-train", required=True)
     parser.add_argument("--out-test", required=True)
     parser.add_argument("--out-deploy", required=True)
@@ -43,6 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
+    settings = parse_settings(ModelSettings, args.model_settings)
     inputs = ModelInputs(
         labelmap=args.labelmap,
         name_size=args.name_size,
@@ -52,10 +52,9 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
     )
     outputs = {"train": args.out_train, "test": args.out_test, "deploy": args.out_deploy, "solver": args.out_solver}
-    model_config = json.loads(args.model_config)
     record = make_model(
-        model_config,
-        json.loads(args.solver_config),
+        settings,
+        parse_settings(SolverSettings, args.solver_settings),
         inputs,
         outputs,
         args.config_out,
@@ -70,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
             args.train_instances,
             args.coverage_json or folder / "prior_coverage.json",
             args.coverage_md or folder / "prior_coverage.md",
-            model_config.get("prior_coverage_warn_below", schema_default("model.prior_coverage_warn_below")),
+            settings.prior_coverage_warn_below,
             record["model"] if record["mode"] == "generate" else None,
         )
         warnings += [coverage["warning"]] if coverage["warning"] else []

@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
+from ssdlite_coco.report.settings import DetectionGridSettings
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -15,18 +16,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--detections", required=True, type=Path, help="results/evaluate/detections.json")
     parser.add_argument("--instances", required=True, type=Path, help="results/data/test/instances.json")
     parser.add_argument("--images", required=True, type=Path, help="results/data/test/images")
-    parser.add_argument(
-        "--num-images",
-        type=int,
-        default=schema_default("evaluate.report_images"),
-        help="test images in the detection grid",
-    )
-    parser.add_argument(
-        "--score-threshold",
-        type=float,
-        default=schema_default("evaluate.report_score_threshold"),
-        help="lowest score drawn",
-    )
+    add_settings_argument(parser, DetectionGridSettings)
     parser.add_argument("--loss-png", required=True, type=Path)
     parser.add_argument("--metrics-html", required=True, type=Path)
     parser.add_argument("--detections-image", required=True, type=Path)
@@ -36,16 +26,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from ssdlite_coco.report.figures import detection_grid, metrics_html, plot_loss
 
+    settings = parse_settings(DetectionGridSettings, args.settings)
     plot_loss(args.train_log, args.loss_png)
     metrics_html(args.metrics, args.metrics_html)
-    detection_grid(
-        args.detections,
-        args.instances,
-        args.images,
-        args.detections_image,
-        num_images=args.num_images,
-        score_threshold=args.score_threshold,
-    )
+    detection_grid(args.detections, args.instances, args.images, args.detections_image, settings)
     return 0
 
 

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ssdlite_coco.common.cli import run
-from ssdlite_coco.common.config import schema_default
+from ssdlite_coco.common.settings import add_settings_argument, parse_settings
+from ssdlite_coco.train.settings import TrainSettings
 
 os.environ.setdefault("GLOG_minloglevel", "1")  # Caffe's INFO lines would bury the progress lines
 
@@ -19,62 +20,37 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--snapshot-root",
         type=Path,
-        default=Path("resources/snapshots"),
-        help="where snapshots live between runs (not deleted when a job fails)",
+        required=True,
+        help="where snapshots live between runs (not deleted when a job fails): the rule's resources/snapshots",
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=schema_default("train.device"))
     parser.add_argument("--initial-weights", type=Path, default=None, help=".caffemodel copied by layer name")
+    add_settings_argument(parser, TrainSettings)
     parser.add_argument(
-        "--snapshot-interval",
-        type=int,
-        default=schema_default("train.snapshot_interval"),
-        help="iterations between snapshots (0: the solver's snapshot value)",
-    )
-    parser.add_argument(
-        "--keep-snapshots", type=int, default=schema_default("train.keep_snapshots"), help="how many snapshots to keep"
-    )
-    parser.add_argument(
-        "--data-threads",
+        "--threads",
         type=int,
         default=1,
-        help="threads decoding and transforming a training batch (any count gives the same batches)",
+        help="the rule's threads: those decoding and transforming a training batch where train.data_threads is 0",
     )
     parser.add_argument(
         "--progress-interval", type=int, default=0, help="iterations between progress lines (0: the solver's display)"
-    )
-    parser.add_argument(
-        "--divergence-factor",
-        type=float,
-        default=schema_default("train.divergence_factor"),
-        help="stop when display windows average above this many times the first loss (0: only NaN/inf stop)",
-    )
-    parser.add_argument(
-        "--divergence-displays",
-        type=int,
-        default=schema_default("train.divergence_displays"),
-        help="display windows in a row above --divergence-factor that stop training",
     )
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssdlite_coco.train.runner import TrainSettings, train
+    from ssdlite_coco.train.runner import TrainRun, train
 
-    settings = TrainSettings(
+    training = TrainRun(
         solver=args.solver,
         weights_out=args.weights_out,
         log_csv_out=args.log_csv,
         snapshot_root=args.snapshot_root,
-        device=args.device,
+        settings=parse_settings(TrainSettings, args.settings),
+        threads=args.threads,
         initial_weights=args.initial_weights,
-        snapshot_interval=args.snapshot_interval,
-        keep_snapshots=args.keep_snapshots,
-        data_threads=args.data_threads,
         progress_interval=args.progress_interval,
-        divergence_factor=args.divergence_factor,
-        divergence_displays=args.divergence_displays,
     )
-    train(settings, log=lambda message: print(message, flush=True))
+    train(training, log=lambda message: print(message, flush=True))
     return 0
 
 

@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ssdlite_coco.caffe_tools.prototxt import PrototxtError, parse_prototxt
 from ssdlite_coco.common.errors import SsdliteError
@@ -40,13 +40,22 @@ class LabelmapError(SsdliteError):
 
 
 @dataclass(frozen=True)
+class LabelmapSettings:
+    """Rule make_labelmap (``--settings`` of scripts/make_labelmap.py): the numbering, or the user's own file."""
+
+    SECTION: ClassVar[str] = "labelmap"
+    mode: str
+    file: str
+
+
+@dataclass(frozen=True)
 class LabelmapItem:
     name: str
     label: int
     display_name: str
 
 
-def labelmap_from_categories(categories: Iterable[Mapping[str, Any]], mode: str = "coco81") -> list[LabelmapItem]:
+def labelmap_from_categories(categories: Iterable[Mapping[str, Any]], mode: str) -> list[LabelmapItem]:
     """The labelmap items for COCO ``categories`` (dicts with ``id`` and ``name``) in ``mode``."""
     if mode not in MODES:
         raise LabelmapError(f"labelmap mode {mode!r} is not known; use one of {', '.join(MODES)}")
@@ -230,11 +239,10 @@ def make_labelmap(
     instances: Mapping[str, str | os.PathLike],
     out_labelmap: str | os.PathLike,
     out_name_sizes: Mapping[str, str | os.PathLike],
-    mode: str = "coco81",
-    user_labelmap: str | os.PathLike | None = None,
+    settings: LabelmapSettings,
 ) -> list[LabelmapItem]:
-    """Write the labelmap (generated in ``mode`` from the first split's categories, or the checked
-    ``user_labelmap``) and one name-size file per split; every split's categories must fit the labelmap."""
+    """Write the labelmap (generated in ``settings.mode`` from the first split's categories, or the checked
+    ``settings.file``) and one name-size file per split; every split's categories must fit the labelmap."""
     from ssdlite_coco.common.atomic import atomic_write_text
     from ssdlite_coco.dataset.coco_json import load_instances
 
@@ -242,12 +250,12 @@ def make_labelmap(
         raise ValueError("give one name-size output per split")
     datasets = {split: load_instances(path) for split, path in instances.items()}
     first_split = next(iter(datasets))
-    if user_labelmap:
-        items = read_labelmap(user_labelmap)
+    if settings.file:
+        items = read_labelmap(settings.file)
     else:
-        items = labelmap_from_categories(datasets[first_split]["categories"], mode)
+        items = labelmap_from_categories(datasets[first_split]["categories"], settings.mode)
+    source = settings.file or f"the {settings.mode} labelmap made from {instances[first_split]}"
     for split, data in datasets.items():
-        source = str(user_labelmap) if user_labelmap else f"the {mode} labelmap made from {instances[first_split]}"
         try:
             check_labelmap(items, data["categories"], source)
         except LabelmapError as error:

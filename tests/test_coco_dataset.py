@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ssdlite_coco.common.settings import parse_settings
 from ssdlite_coco.dataset.coco_json import (
     DatasetError,
     prepare_local_split,
@@ -20,6 +21,9 @@ from ssdlite_coco.dataset.coco_json import (
     summarize,
     validate_dataset,
 )
+from ssdlite_coco.dataset.settings import LocalSettings
+
+CHECK_IMAGES = parse_settings(LocalSettings).check_images  # the schema's dataset.local.check_images
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,7 @@ def test_malformed_instances_name_the_file_and_record(local_copy, change, expect
     instances, images = local_copy
     _edit(instances, change)
     with pytest.raises(DatasetError, match=expected) as error:
-        validate_dataset(instances, images)
+        validate_dataset(instances, images, sample=CHECK_IMAGES)
     assert str(error.value).startswith(f"{instances}: ")
     assert "\n" not in str(error.value)
 
@@ -87,23 +91,23 @@ def test_malformed_instances_name_the_file_and_record(local_copy, change, expect
 def test_missing_or_unparsable_annotation_file(local_copy, tmp_path):
     instances, images = local_copy
     with pytest.raises(DatasetError, match=r"annotation file not found"):
-        validate_dataset(tmp_path / "nope.json", images)
+        validate_dataset(tmp_path / "nope.json", images, sample=CHECK_IMAGES)
     instances.write_text('{"images": [')
     with pytest.raises(DatasetError, match=rf"{instances}: not valid JSON"):
-        validate_dataset(instances, images)
+        validate_dataset(instances, images, sample=CHECK_IMAGES)
     instances.write_text("[]")
     with pytest.raises(DatasetError, match=r"top level is a JSON list"):
-        validate_dataset(instances, images)
+        validate_dataset(instances, images, sample=CHECK_IMAGES)
 
 
 def test_missing_images_folder_and_files_are_named(local_copy, tmp_path):
     instances, images = local_copy
     with pytest.raises(DatasetError, match=rf"{tmp_path / 'pictures'}: images folder not found"):
-        validate_dataset(instances, tmp_path / "pictures")
+        validate_dataset(instances, tmp_path / "pictures", sample=CHECK_IMAGES)
     (images / "000000000086.jpg").unlink()
     (images / "000000000508.jpg").unlink()
     with pytest.raises(DatasetError) as error:
-        validate_dataset(instances, images)
+        validate_dataset(instances, images, sample=CHECK_IMAGES)
     assert str(error.value) == (
         f"{images}: 2 of 128 images listed in {instances} are missing: 000000000086.jpg, 000000000508.jpg"
     )
@@ -133,7 +137,9 @@ def test_sample_is_spread_over_the_dataset(local_copy, mini):
 def test_local_split_links_the_images_and_copies_the_instances(coco_mini_dir, tmp_path):
     source = coco_mini_dir / "annotations" / "instances_mini.json"
     out = tmp_path / "results" / "data" / "trainval"
-    counts = prepare_local_split(source, coco_mini_dir / "images", out / "instances.json", out / "images")
+    counts = prepare_local_split(
+        source, coco_mini_dir / "images", out / "instances.json", out / "images", sample=CHECK_IMAGES
+    )
     assert counts["images"] == 128
     assert (out / "images").is_symlink()
     assert os.readlink(out / "images") == str((coco_mini_dir / "images").resolve())
@@ -142,7 +148,7 @@ def test_local_split_links_the_images_and_copies_the_instances(coco_mini_dir, tm
     (out / "images").unlink()
     (out / "images").mkdir()
     (out / "images" / "stale.jpg").write_bytes(b"x")
-    prepare_local_split(source, coco_mini_dir / "images", out / "instances.json", out / "images")
+    prepare_local_split(source, coco_mini_dir / "images", out / "instances.json", out / "images", sample=CHECK_IMAGES)
     assert (out / "images").is_symlink() and (out / "images" / "000000000086.jpg").is_file()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
@@ -166,7 +172,7 @@ def test_own_dataset_with_any_category_ids_is_accepted_and_completed(tmp_path):
     }
     (tmp_path / "own.json").write_text(json.dumps(own))
     out = tmp_path / "out"
-    prepare_local_split(tmp_path / "own.json", images, out / "instances.json", out / "images")
+    prepare_local_split(tmp_path / "own.json", images, out / "instances.json", out / "images", sample=CHECK_IMAGES)
     data = json.loads((out / "instances.json").read_text())
     assert data["annotations"][0] == {**own["annotations"][0], "iscrowd": 0, "area": 200.0}
     assert data["annotations"][1] == own["annotations"][1]

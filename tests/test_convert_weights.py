@@ -12,6 +12,7 @@ block 13's expansion (``conv_13/expand``, SSDLite's first feature map) and ``Con
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +29,11 @@ SHICAI_PROTOTXT = "reference/imagenet/shicai-mobilenet_v2_deploy.prototxt"
 
 def _deploy_net(folder: Path, **options) -> Path:
     from ssdlite_coco.caffe_tools.prototxt import format_prototxt
-    from ssdlite_coco.model.nets import ModelOptions, build_net
+    from ssdlite_coco.model.nets import build_net
+    from tests.support.model_settings import model_options
 
     path = folder / "deploy.prototxt"
-    path.write_text(format_prototxt(build_net(ModelOptions(num_classes=5, input_size=SIZE, **options), "deploy")))
+    path.write_text(format_prototxt(build_net(model_options(num_classes=5, input_size=SIZE, **options), "deploy")))
     return path
 
 
@@ -229,12 +231,14 @@ def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path):
 
 def test_the_script_converts_for_a_train_net_and_writes_the_coverage_table(tmp_path, repo_root):
     from ssdlite_coco.caffe_tools.prototxt import format_prototxt
-    from ssdlite_coco.model.nets import ModelOptions, build_net
+    from ssdlite_coco.model.nets import build_net
+    from tests.support.model_settings import model_options
 
     _, weights = _torchvision_weights(tmp_path, 1.0)
     train_net = tmp_path / "train.prototxt"
-    train_net.write_text(format_prototxt(build_net(ModelOptions(num_classes=81, augmentation=False), "train")))
-    command = [sys.executable, str(repo_root / "scripts" / "convert_weights.py"), "--format", "torchvision"]
+    train_net.write_text(format_prototxt(build_net(model_options(num_classes=81, augmentation=False), "train")))
+    settings = json.dumps({"initial_weights_format": "torchvision"})
+    command = [sys.executable, str(repo_root / "scripts" / "convert_weights.py"), "--settings", settings]
     command += ["--weights", str(weights), "--net", str(train_net), "--out", str(tmp_path / "out.caffemodel")]
     command += ["--coverage-json", str(tmp_path / "c.json"), "--coverage-txt", str(tmp_path / "c.txt")]
     result = subprocess.run(command, capture_output=True, text=True, cwd=repo_root, timeout=300)

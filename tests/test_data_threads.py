@@ -11,6 +11,7 @@ from google.protobuf import text_format
 
 from tests.support.pycaffe import require_caffe
 from tests.support.tiny_ssd import make_tiny_world, solver_text
+from tests.support.train_settings import train_settings
 
 caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
@@ -18,7 +19,7 @@ from caffe.proto import caffe_pb2  # noqa: E402
 from ssdlite_coco.caffe_tools.weights import read_caffemodel  # noqa: E402
 from ssdlite_coco.train import runner  # noqa: E402
 from ssdlite_coco.train.data_stream import completed_test_passes, items_per_iteration, write_runtime_net  # noqa: E402
-from ssdlite_coco.train.runner import TrainSettings, train  # noqa: E402
+from ssdlite_coco.train.runner import TrainRun, train  # noqa: E402
 from tests.test_ssd_augmentation import coco_lmdb, data_net, run_batches, upstream_train_data_layer  # noqa: E402
 
 BATCH = 4
@@ -134,16 +135,16 @@ def train_to(world, folder: Path, max_iter: int, data_threads: int) -> dict[str,
     solver.parent.mkdir(parents=True, exist_ok=True)
     # tests every 4 iterations on 2 of the 3 test batches: the test net's position matters on resume too
     solver.write_text(solver_text(world.train_net, world.test_net, folder / "unused", max_iter, 2, 4))
-    settings = TrainSettings(
+    run = TrainRun(
         solver=solver,
         weights_out=folder / f"final_{max_iter}.caffemodel",
         log_csv_out=folder / "train_log.csv",
         snapshot_root=folder / "snapshots",
-        snapshot_interval=5,
-        data_threads=data_threads,
+        settings=train_settings(snapshot_interval=5, data_threads=data_threads),
+        threads=1,
     )
-    train(settings, log=lambda message: None)
-    return read_caffemodel(settings.weights_out)
+    train(run, log=lambda message: None)
+    return read_caffemodel(run.weights_out)
 
 
 def assert_same_weights(a: dict[str, list[np.ndarray]], b: dict[str, list[np.ndarray]]) -> None:

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.caffe_log import parse_caffe_log
 from tests.support.helpers import caffe_logs_env
 from tests.support.pycaffe import require_caffe
 from tests.support.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
+from tests.support.train_settings import train_settings
 
 caffe = require_caffe()
 
@@ -23,11 +25,18 @@ from ssdlite_coco.evaluate.test_net import (  # noqa: E402
     run_test_net,
     to_coco_detections,
 )
+from ssdlite_coco.evaluate.test_split import TestSplit  # noqa: E402
 from ssdlite_coco.labelmap import LabelmapError, label_to_category, read_labelmap, read_name_size  # noqa: E402
-from ssdlite_coco.train.log import parse_caffe_log  # noqa: E402
-from ssdlite_coco.train.runner import TrainSettings, train  # noqa: E402
+from ssdlite_coco.train.runner import TrainRun, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _split(world, name_size: Path | None = None) -> TestSplit:
+    """The tiny world's test split (``name_size``: another name-size file)."""
+    return TestSplit.read(
+        world.test_net, world.test_lmdb, name_size or world.test_name_size, world.labelmap, world.test_instances
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +46,13 @@ def trained(tmp_path_factory, coco_mini_dir):
     world = make_tiny_world(folder, coco_mini_dir, max_iter=150, test_interval=1000)
     weights = folder / "out" / "final.caffemodel"
     train(
-        TrainSettings(
+        TrainRun(
             solver=world.solver,
             weights_out=weights,
             log_csv_out=folder / "out" / "log.csv",
             snapshot_root=folder / "snapshots",
-            snapshot_interval=150,
+            settings=train_settings(snapshot_interval=150),
+            threads=1,
         ),
         log=lambda message: None,
     )
@@ -122,15 +132,7 @@ def test_largest_divisor_keeps_every_image_seen_once():
 def test_detection_eval_equals_the_one_caffe_train_prints(trained, tmp_path):
     """Our mAP from the DetectionEvaluate rows == the `detection_eval` of Solver::TestDetection."""
     world, weights = trained
-    result = run_test_net(
-        world.test_net,
-        weights,
-        world.test_lmdb,
-        world.test_name_size,
-        world.labelmap,
-        max_batch=4,
-        log=lambda message: None,
-    )
+    result = run_test_net(_split(world), weights, 4, 1, log=lambda message: None)
     assert result.num_images == 12 and result.detections
     solver = tmp_path / "solver.prototxt"
     # display 0: with display on, Solve() runs one more TRAIN forward (updating the BatchNorm statistics)
@@ -157,15 +159,7 @@ def test_detection_eval_equals_the_one_caffe_train_prints(trained, tmp_path):
 
 def test_detections_carry_the_coco_ids_of_the_test_images(trained):
     world, weights = trained
-    result = run_test_net(
-        world.test_net,
-        weights,
-        world.test_lmdb,
-        world.test_name_size,
-        world.labelmap,
-        max_batch=8,
-        log=lambda message: None,
-    )
+    result = run_test_net(_split(world), weights, 8, 1, log=lambda message: None)
     ids = {image_id for image_id, _, _ in read_name_size(world.test_name_size)}
     sizes = {image_id: (height, width) for image_id, height, width in read_name_size(world.test_name_size)}
     assert {det["image_id"] for det in result.detections} <= ids
@@ -182,7 +176,7 @@ def test_an_lmdb_that_does_not_match_the_name_size_file_is_refused(trained, tmp_
     short = tmp_path / "short_name_size.txt"
     short.write_text("\n".join(world.test_name_size.read_text().splitlines()[:5]) + "\n")
     with pytest.raises(DetectionError, match="holds 12 records but .* lists 5 images"):
-        run_test_net(world.test_net, weights, world.test_lmdb, short, world.labelmap, log=lambda message: None)
+        run_test_net(_split(world, name_size=short), weights, 8, 1, log=lambda message: None)
 
 
 def test_weights_for_another_net_are_refused_when_strict(trained, tmp_path):
@@ -193,23 +187,8 @@ def test_weights_for_another_net_are_refused_when_strict(trained, tmp_path):
     foreign_weights = tmp_path / "foreign.caffemodel"
     foreign.save(str(foreign_weights))
     with pytest.raises(DetectionError, match="does not fill 2 layers"):
-        run_test_net(
-            world.test_net,
-            foreign_weights,
-            world.test_lmdb,
-            world.test_name_size,
-            world.labelmap,
-            log=lambda message: None,
-        )
-    lenient = run_test_net(
-        world.test_net,
-        foreign_weights,
-        world.test_lmdb,
-        world.test_name_size,
-        world.labelmap,
-        strict=False,
-        log=lambda message: None,
-    )
+        run_test_net(_split(world), foreign_weights, 8, 1, log=lambda message: None)
+    lenient = run_test_net(_split(world), foreign_weights, 8, 1, strict=False, log=lambda message: None)
     assert sum(row.status == "shape mismatch" for row in lenient.copied) == 2
 
 
@@ -236,6 +215,8 @@ def _check_weights(world, weights, out):
             str(world.labelmap),
             "--instances",
             str(world.test_instances),
+            "--device",
+            "cpu",
             "--report-json",
             str(out / "check.json"),
             "--report-csv",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ssdlite_coco.common.download import DownloadError, download_file, part_path
+from ssdlite_coco.common.settings import parse_settings
 from ssdlite_coco.dataset.coco2017 import (
     ARCHIVE_PATHS,
     OFFICIAL_BASE_URL,
@@ -21,7 +22,10 @@ from ssdlite_coco.dataset.coco2017 import (
     fetch_subset,
 )
 from ssdlite_coco.dataset.coco_json import DatasetError, select_image_ids, validate_dataset
+from ssdlite_coco.dataset.settings import DownloadSettings
 from tests.support.http_server import FileServer, build_coco_mirror, write_annotations_zip
+
+RETRIES = parse_settings(DownloadSettings).retries  # the schema's dataset.download.retries
 
 
 def _sha1(path: Path) -> str:
@@ -48,6 +52,7 @@ def test_full_download_and_extraction(server, mirror, coco_mini_dir, tmp_path):
             archive_url(archive, server.base_url),
             downloads / f"{archive}.zip",
             sha1=mirror["sha1"][archive],
+            retries=RETRIES,
             progress=False,
         )
         assert _sha1(zips[archive]) == mirror["sha1"][archive]
@@ -115,7 +120,9 @@ def test_a_server_that_ignores_range_restarts_from_zero(server, mirror, tmp_path
     dest = tmp_path / "annotations.zip"
     part_path(dest).write_bytes(b"stale bytes from another file")
     server.ignore_range = True
-    download_file(server.url(path), dest, sha1=mirror["sha1"]["annotations_trainval2017"], progress=False)
+    download_file(
+        server.url(path), dest, sha1=mirror["sha1"]["annotations_trainval2017"], retries=RETRIES, progress=False
+    )
     assert server.requests_for(path)[0]["Range"] == f"bytes={len(b'stale bytes from another file')}-"
     assert _sha1(dest) == mirror["sha1"]["annotations_trainval2017"]
     warning = capsys.readouterr().err
@@ -136,7 +143,9 @@ def test_a_complete_part_file_is_not_downloaded_again(server, mirror, tmp_path):
     path = ARCHIVE_PATHS["annotations_trainval2017"]
     dest = tmp_path / "annotations.zip"
     part_path(dest).write_bytes((mirror["root"] / path).read_bytes())
-    download_file(server.url(path), dest, sha1=mirror["sha1"]["annotations_trainval2017"], progress=False)
+    download_file(
+        server.url(path), dest, sha1=mirror["sha1"]["annotations_trainval2017"], retries=RETRIES, progress=False
+    )
     assert _sha1(dest) == mirror["sha1"]["annotations_trainval2017"]
     assert len(server.requests_for(path)) == 1  # answered 416: nothing left to send
 
@@ -146,7 +155,7 @@ def test_checksum_mismatch_is_clear_and_leaves_nothing_valid_looking(server, mir
     dest = tmp_path / "annotations_trainval2017.zip"
     wrong = "0" * 40
     with pytest.raises(DownloadError) as error:
-        download_file(server.url(path), dest, sha1=wrong, progress=False)
+        download_file(server.url(path), dest, sha1=wrong, retries=RETRIES, progress=False)
     message = str(error.value)
     assert "SHA-1 mismatch" in message and wrong in message and mirror["sha1"]["annotations_trainval2017"] in message
     assert server.url(path) in message
@@ -156,7 +165,7 @@ def test_checksum_mismatch_is_clear_and_leaves_nothing_valid_looking(server, mir
 def test_404_names_the_url(server, tmp_path):
     url = server.url("zips/train2071.zip")
     with pytest.raises(DownloadError, match="HTTP 404") as error:
-        download_file(url, tmp_path / "train2071.zip", progress=False)
+        download_file(url, tmp_path / "train2071.zip", retries=RETRIES, progress=False)
     assert url in str(error.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -223,8 +232,9 @@ def test_subset_fetches_images_through_coco_url(server, mirror, coco_mini_dir, t
     write_annotations_zip(annotations_zip, {"train2017": source})
     cache = tmp_path / "cache"
     out = tmp_path / "results" / "data" / "trainval"
+    official = {"base_url": OFFICIAL_BASE_URL, "retries": RETRIES}  # coco_url is the local server's: no rewrite
     counts = fetch_subset(
-        annotations_zip, "train2017", 12, 7, cache, out / "instances.json", out / "images", progress=False
+        annotations_zip, "train2017", 12, 7, cache, out / "instances.json", out / "images", **official, progress=False
     )
     data = _check_subset(out, source, 12, 7, coco_mini_dir / "images")
     assert counts["images"] == 12 and counts["annotations"] == len(data["annotations"]) > 0
@@ -232,7 +242,9 @@ def test_subset_fetches_images_through_coco_url(server, mirror, coco_mini_dir, t
     assert sorted(image_requests) == sorted(f"/train2017/{image['file_name']}" for image in data["images"])
     # A second run (e.g. after the outputs were deleted) takes the images from the cache.
     out2 = tmp_path / "again"
-    fetch_subset(annotations_zip, "train2017", 12, 7, cache, out2 / "instances.json", out2 / "images", progress=False)
+    fetch_subset(
+        annotations_zip, "train2017", 12, 7, cache, out2 / "instances.json", out2 / "images", **official, progress=False
+    )
     assert (out2 / "instances.json").read_bytes() == (out / "instances.json").read_bytes()
     assert len([path for path, _ in server.requests if path.startswith("/train2017/")]) == 12
 
@@ -246,6 +258,7 @@ def test_subset_from_a_mirror_rewrites_the_official_coco_url(server, mirror, coc
         archive_url("annotations_trainval2017", server.base_url),
         annotations_zip,
         sha1=mirror["sha1"]["annotations_trainval2017"],
+        retries=RETRIES,
         progress=False,
     )
     out = tmp_path / "test"
@@ -258,6 +271,7 @@ def test_subset_from_a_mirror_rewrites_the_official_coco_url(server, mirror, coc
         out / "instances.json",
         out / "images",
         base_url=server.base_url,
+        retries=RETRIES,
         progress=False,
     )
     _check_subset(out, source, 5, 0, coco_mini_dir / "images")
@@ -279,6 +293,8 @@ def test_subset_names_a_missing_image_url(server, mirror, tmp_path):
             tmp_path / "cache",
             out / "instances.json",
             out / "images",
+            base_url=OFFICIAL_BASE_URL,
+            retries=RETRIES,
             progress=False,
         )
     assert server.url("nowhere/") in str(error.value)

@@ -6,6 +6,9 @@ that a dry-run needs may come from an earlier run.
 
 from __future__ import annotations
 
+import json
+import shlex
+
 import pytest
 
 from tests.support.workflow_run import copy_workflow, output_tail, planned_rules, run_snakemake
@@ -50,7 +53,7 @@ def _model_settings(workdir, *args: str) -> dict:
     command = next(line for line in result.stdout.splitlines() if "make_model.py" in line)
     words = shlex.split(command)
     values = {word.split("=", 1)[0]: word.split("=", 1)[1] for word in words if word.startswith("--") and "=" in word}
-    return {"model": json.loads(values["--model-config"]), "solver": json.loads(values["--solver-config"])}
+    return {"model": json.loads(values["--model-settings"]), "solver": json.loads(values["--solver-settings"])}
 
 
 def test_a_user_config_is_merged_over_the_schema_defaults_not_over_the_demo(repo_root, tmp_path):
@@ -99,9 +102,22 @@ def test_the_export_check_and_the_report_have_their_own_score_thresholds(repo_ro
     args = ["-n", "-p", "--cores", "1", "--configfile", "config/config.yaml", "--config", *config]
     result = run_snakemake(workdir, args)
     assert result.returncode == 0, output_tail(result)
-    commands = [line for line in result.stdout.splitlines() if "--score-threshold" in line]
-    thresholds = {
-        script: {line.split("--score-threshold ")[1].split()[0] for line in commands if f"{script} " in line}
-        for script in ("export.py", "export_int8.py", "plot_report.py")
+    commands = {
+        script: _command_of(result.stdout, script) for script in ("export.py", "export_int8.py", "plot_report.py")
     }
-    assert thresholds == {"export.py": {"0.45"}, "export_int8.py": {"0.45"}, "plot_report.py": {"0.6"}}, commands
+    thresholds = {
+        "export.py": json.loads(_flag(commands["export.py"], "--settings"))["match_score_threshold"],
+        "export_int8.py": json.loads(_flag(commands["export_int8.py"], "--settings"))["match_score_threshold"],
+        "plot_report.py": json.loads(_flag(commands["plot_report.py"], "--settings"))["report_score_threshold"],
+    }
+    assert thresholds == {"export.py": 0.45, "export_int8.py": 0.45, "plot_report.py": 0.6}, commands
+
+
+def _command_of(printed: str, script: str) -> list[str]:
+    """The words of the one shell command a dry run prints for ``script``."""
+    (command,) = [shlex.split(line) for line in printed.splitlines() if f" {script} " in line]
+    return command
+
+
+def _flag(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.support.pycaffe import require_caffe
+from tests.support.ssdlite_export import check_context, check_settings
 from tests.support.tiny_ssd import SIZE, trained_like_deploy
 
 caffe = require_caffe()
@@ -21,8 +22,6 @@ from caffe.proto import caffe_pb2  # noqa: E402
 from ssdlite_coco.caffe_tools.prototxt import format_prototxt, parse_prototxt, read_net  # noqa: E402
 from ssdlite_coco.export.make import ExportPaths, make_deploy, make_heads  # noqa: E402
 from ssdlite_coco.export.runtime_check import (  # noqa: E402
-    CheckContext,
-    CheckSettings,
     check_runtimes,
     runtime_factories,
 )
@@ -57,10 +56,10 @@ def tiny_export(tmp_path_factory):
 
 
 def _check(paths: ExportPaths, heads, reference, images, workdir: Path) -> dict:
-    factories = runtime_factories(["pycaffe"], CheckContext(paths, heads, workdir, threads=1))
+    factories = runtime_factories(["pycaffe"], check_context(paths, heads, workdir))
     clip = {name: factory for name, factory in factories.items() if name in CLIP_ROWS}
     assert list(clip) == CLIP_ROWS
-    return check_runtimes(reference, clip, images, TRANSFORM, (SIZE, SIZE), CheckSettings(latency_runs=1))
+    return check_runtimes(reference, clip, images, TRANSFORM, (SIZE, SIZE), check_settings(latency_runs=1))
 
 
 def _weights(caffemodel: Path) -> tuple[dict[str, str], dict[str, list[np.ndarray]]]:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.support.pycaffe import require_caffe
+from tests.support.ssdlite_export import check_settings, settings_arg
 
 require_caffe()
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ onnx = pytest.importorskip("onnx")
 
 from ssdlite_coco.export.make import ExportPaths  # noqa: E402
 from ssdlite_coco.export.preprocess import transform_settings  # noqa: E402
-from ssdlite_coco.export.runtime_check import CheckSettings, check_runtimes  # noqa: E402
+from ssdlite_coco.export.runtime_check import check_runtimes  # noqa: E402
 from ssdlite_coco.export.runtimes import OnnxRuntime, ToolchainRuntime  # noqa: E402
 from ssdlite_coco.export.stage import split_images  # noqa: E402
 
@@ -57,7 +58,7 @@ DEMO_INPUTS = {  # the demo run's files the export and INT8 scripts take
 
 def _run_script(demo_run: Path, script: str, *args: str) -> None:
     inputs = [str(part) for flag, path in DEMO_INPUTS.items() for part in (flag, demo_run / path)]
-    command = [sys.executable, str(REPO / "scripts" / script), *inputs, "--latency-runs", "2", *args]
+    command = [sys.executable, str(REPO / "scripts" / script), *inputs, *args]
     result = subprocess.run(command, cwd=demo_run, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -68,9 +69,10 @@ def edge_export(demo_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("edge") / "export"
     runtimes = ["pycaffe", "onnxruntime", "rknn", "openvino", "ncnn", "litert"]
     train = ["--calibration-instances", str(demo_run / "results/data/trainval/instances.json")]
-    train += ["--calibration-images-dir", str(demo_run / "results/data/trainval/images"), "--calibration-images", "8"]
+    train += ["--calibration-images-dir", str(demo_run / "results/data/trainval/images")]
     weights = ["--weights", str(demo_run / "results/train/final.caffemodel")]
-    _run_script(demo_run, "export.py", *weights, *train, "--out-dir", str(out), "--runtimes", *runtimes)
+    settings = settings_arg(calibration_images=8, latency_runs=2, runtimes=runtimes)
+    _run_script(demo_run, "export.py", *weights, *train, "--out-dir", str(out), *settings)
     return out
 
 
@@ -79,9 +81,8 @@ def rknn_int8(demo_run, edge_export):
     """``export_int8.py`` with an ONNX Runtime variant and two of RKNN's, on that export."""
     out = edge_export.parent / "int8"
     variants = ["onnxruntime/per-channel/minmax", "rknn/per-channel/normal", "rknn/per-tensor/mmse"]
-    _run_script(
-        demo_run, "export_int8.py", "--export-dir", str(edge_export), "--out-dir", str(out), "--variants", *variants
-    )
+    settings = settings_arg(int8_variants=variants, latency_runs=2)
+    _run_script(demo_run, "export_int8.py", "--export-dir", str(edge_export), "--out-dir", str(out), *settings)
     return out
 
 
@@ -173,7 +174,7 @@ def test_a_model_with_swapped_outputs_fails_the_check(demo_run, edge_export, tmp
         images,
         transform,
         (300, 300),
-        CheckSettings(latency_runs=1),
+        check_settings(latency_runs=1),
     )
     assert result["rows"][1]["loads"], result["rows"][1]
     assert [line.split(" differs")[0] for line in result["failures"]] == [

@@ -18,8 +18,9 @@ caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, read_caffemodel  # noqa: E402
-from ssdlite_coco.export.fold import export_deploy, fold_batchnorm  # noqa: E402
+from ssdlite_coco.export.fold import fold_batchnorm  # noqa: E402
 from ssdlite_coco.export.fold_check import check_folding, judge_folding  # noqa: E402
+from ssdlite_coco.export.make import ExportPaths, make_deploy  # noqa: E402
 from ssdlite_coco.export.preprocess import transform_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,16 +51,21 @@ def world_and_weights(tmp_path_factory, coco_mini_dir):
     return world, weights
 
 
+def _fold(deploy_net: Path, weights: Path, folder: Path) -> list:
+    """The folded chains; the folded net written as the export writes it, unrewritten, to ``folder``/caffe/."""
+    return make_deploy(deploy_net, weights, ExportPaths(folder), rewrite=False)["folded"]
+
+
 def test_folded_and_unfolded_nets_give_the_same_detections_on_real_images(world_and_weights, tmp_path):
     world, weights = world_and_weights
-    folded = export_deploy(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
+    folded = _fold(world.deploy_net, weights, tmp_path)
     assert [layer.convolution for layer in folded] == ["conv1", "conv2", "conv3", "conv4"]
     transform = transform_settings(world.test_net)
     check = check_folding(
         world.deploy_net,
         weights,
-        tmp_path / "folded.prototxt",
-        tmp_path / "folded.caffemodel",
+        tmp_path / "caffe/deploy.prototxt",
+        tmp_path / "caffe/deploy.caffemodel",
         folded,
         world.test_images[:6],
         transform["mean"],
@@ -70,7 +76,7 @@ def test_folded_and_unfolded_nets_give_the_same_detections_on_real_images(world_
     assert check["detections"] > 0  # the comparison covers real detections
     assert check["layers_after"] == check["layers_before"] - 8
     net = caffe_pb2.NetParameter()
-    text_format.Parse((tmp_path / "folded.prototxt").read_text(), net)
+    text_format.Parse((tmp_path / "caffe/deploy.prototxt").read_text(), net)
     assert not [layer for layer in net.layer if layer.type in ("BatchNorm", "Scale")]
     conv1 = next(layer for layer in net.layer if layer.name == "conv1")
     assert conv1.convolution_param.bias_term and list(conv1.top) == ["conv1"]
@@ -79,15 +85,17 @@ def test_folded_and_unfolded_nets_give_the_same_detections_on_real_images(world_
 def test_folding_changes_the_outputs_when_a_statistic_is_dropped(world_and_weights, tmp_path):
     """The check can fail: folding without the BatchNorm mean shifts the outputs far beyond 1e-4."""
     world, weights = world_and_weights
-    folded = export_deploy(world.deploy_net, weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel")
-    broken = caffe.Net(str(tmp_path / "folded.prototxt"), caffe.TEST, weights=str(tmp_path / "folded.caffemodel"))
+    folded = _fold(world.deploy_net, weights, tmp_path)
+    broken = caffe.Net(
+        str(tmp_path / "caffe/deploy.prototxt"), caffe.TEST, weights=str(tmp_path / "caffe/deploy.caffemodel")
+    )
     broken.params["conv1"][1].data[...] += 0.5
     broken.save(str(tmp_path / "broken.caffemodel"))
     transform = transform_settings(world.test_net)
     check = check_folding(
         world.deploy_net,
         weights,
-        tmp_path / "folded.prototxt",
+        tmp_path / "caffe/deploy.prototxt",
         tmp_path / "broken.caffemodel",
         folded,
         world.test_images[:2],
@@ -102,17 +110,19 @@ def test_folding_changes_the_outputs_when_a_statistic_is_dropped(world_and_weigh
 
 def _fold_and_check(world, deploy_net: Path, weights: Path, folder: Path, weights_edit=None) -> dict:
     """Fold ``weights`` of ``deploy_net``, optionally edit the folded caffemodel, and check it on 4 images."""
-    folded = export_deploy(deploy_net, weights, folder / "folded.prototxt", folder / "folded.caffemodel")
+    folded = _fold(deploy_net, weights, folder)
     if weights_edit is not None:
-        net = caffe.Net(str(folder / "folded.prototxt"), caffe.TEST, weights=str(folder / "folded.caffemodel"))
+        net = caffe.Net(
+            str(folder / "caffe/deploy.prototxt"), caffe.TEST, weights=str(folder / "caffe/deploy.caffemodel")
+        )
         weights_edit(net)
-        net.save(str(folder / "folded.caffemodel"))
+        net.save(str(folder / "caffe/deploy.caffemodel"))
     transform = transform_settings(world.test_net)
     return check_folding(
         deploy_net,
         weights,
-        folder / "folded.prototxt",
-        folder / "folded.caffemodel",
+        folder / "caffe/deploy.prototxt",
+        folder / "caffe/deploy.caffemodel",
         folded,
         world.test_images[:4],
         transform["mean"],
@@ -255,7 +265,9 @@ def test_export_script_writes_the_folded_net_and_its_check(world_and_weights, tm
     for path in world.test_images:
         (images / path.name).symlink_to(path)
     out = tmp_path / "export"
-    result = _export(world, weights, images, out, "--check-images", "4", "--verify-images", "3", "--latency-runs", "2")
+    result = _export(
+        world, weights, images, out, "--settings", '{"fold_check_images": 4, "verify_images": 3, "latency_runs": 2}'
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads((out / "fold_check.json").read_text())
     assert check["max_abs_difference"] < 1e-4 and len(check["images"]) == 4
@@ -287,8 +299,10 @@ def test_the_generated_mobilenetv2_ssdlite_deploy_net_folds_to_the_same_outputs(
         [
             sys.executable,
             str(REPO / "scripts" / "make_model.py"),
-            "--model-config",
+            "--model-settings",
             '{"augmentation": false}',
+            "--device",
+            "cpu",
             "--labelmap",
             str(world.labelmap),
             "--name-size",
@@ -327,16 +341,14 @@ def test_the_generated_mobilenetv2_ssdlite_deploy_net_folds_to_the_same_outputs(
                 blobs[1].data[...] = rng.normal(0, 0.1, blobs[1].data.shape)
     weights = tmp_path / "mobilenetv2_ssdlite.caffemodel"
     net.save(str(weights))
-    folded = export_deploy(
-        model / "deploy.prototxt", weights, tmp_path / "folded.prototxt", tmp_path / "folded.caffemodel"
-    )
+    folded = _fold(model / "deploy.prototxt", weights, tmp_path)
     assert len(folded) >= 70
     transform = transform_settings(model / "test.prototxt")
     check = check_folding(
         model / "deploy.prototxt",
         weights,
-        tmp_path / "folded.prototxt",
-        tmp_path / "folded.caffemodel",
+        tmp_path / "caffe/deploy.prototxt",
+        tmp_path / "caffe/deploy.caffemodel",
         folded,
         world.test_images[:2],
         transform["mean"],

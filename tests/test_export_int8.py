@@ -190,8 +190,8 @@ def test_a_constant_calibration_image_makes_the_drop_visible_and_the_rule_says_s
         *("--export-dir", "results/export", "--deploy-net", "results/model/deploy.prototxt"),
         *("--test-net", "results/model/test.prototxt", "--instances", "results/data/test/instances.json"),
         *("--images", "results/data/test/images", "--labelmap", "results/labelmap/labelmap.prototxt"),
-        *("--out-dir", str(out), "--calibration", str(bad), "--latency-runs", "50"),
-        *("--variants", "onnxruntime/per-channel/minmax", "mnn/per-channel/kl"),
+        *("--out-dir", str(out), "--calibration", str(bad)),
+        *("--settings", json.dumps({"int8_variants": ["onnxruntime/per-channel/minmax", "mnn/per-channel/kl"]})),
     ]
     env = dict(os.environ, PATH=f"{demo_run / 'scripts'}{os.pathsep}{os.environ['PATH']}")
     result = subprocess.run(command, cwd=demo_run, capture_output=True, text=True, env=env, timeout=900)

@@ -9,9 +9,10 @@ import re
 import numpy as np
 import pytest
 
+from tests.support.pycaffe import require_caffe
 from tests.support.tiny_ssd import SIZE, trained_like_deploy
 
-caffe = pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
+caffe = require_caffe()
 onnx = pytest.importorskip("onnx")
 
 from caffe.proto import caffe_pb2  # noqa: E402

@@ -12,7 +12,15 @@ import pytest
 
 from tests.support.model_data import make_model_data
 from tests.support.pycaffe import require_caffe
-from tests.support.ssdlite_export import export, make_model, make_ssdlite, randomize, reference_truth
+from tests.support.ssdlite_export import (
+    check_context,
+    check_settings,
+    export,
+    make_model,
+    make_ssdlite,
+    randomize,
+    reference_truth,
+)
 
 caffe = require_caffe()
 cv2 = pytest.importorskip("cv2")
@@ -24,8 +32,6 @@ from ssdlite_coco.export.make import ExportPaths, make_deploy, make_heads  # noq
 from ssdlite_coco.export.preprocess import preprocess_image, transform_settings  # noqa: E402
 from ssdlite_coco.export.rewrite import rewrite_one_by_one_inputs  # noqa: E402
 from ssdlite_coco.export.runtime_check import (  # noqa: E402
-    CheckContext,
-    CheckSettings,
     check_runtimes,
     runtime_factories,
 )
@@ -240,9 +246,9 @@ def test_the_upstream_ssdlite_deploy_prototxt_in_every_runtime(shared_dir, ssdli
     heads = make_heads(deploy, paths, str(upstream))
     reference = PycaffeRuntime(upstream, tmp_path / "upstream.caffemodel", heads["loc_blob"], heads["conf_blob"], 91)
     transform = transform_settings(model / "test.prototxt")
-    factories = runtime_factories(DEFAULT_RUNTIMES, CheckContext(paths, heads, tmp_path / "mnn", threads=1))
+    factories = runtime_factories(DEFAULT_RUNTIMES, check_context(paths, heads, tmp_path / "mnn"))
     chosen = [ImageCase(path) for path in sorted(images.iterdir())[:3]]
-    result = check_runtimes(reference, factories, chosen, transform, (300, 300), CheckSettings(latency_runs=2))
+    result = check_runtimes(reference, factories, chosen, transform, (300, 300), check_settings(latency_runs=2))
     (tmp_path / "upstream_verify.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result["rows"], indent=1, default=str))
     assert all(row["loads"] for row in result["rows"]), result["rows"]

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from ssdlite_coco.common.settings import parse_settings
 from ssdlite_coco.dataset.coco_json import DatasetError
 from ssdlite_coco.labelmap import (
     LabelmapError,
+    LabelmapSettings,
     check_labelmap,
     format_labelmap,
     labelmap_from_categories,
@@ -72,7 +74,7 @@ def test_class_name_labelmap_is_refused_with_an_explanation(coco_categories, ups
 
 
 def test_labelmap_problems_are_named(coco_categories, tmp_path):
-    items = labelmap_from_categories(coco_categories)
+    items = labelmap_from_categories(coco_categories, "coco81")
     with pytest.raises(LabelmapError, match="no entry with label 0"):
         check_labelmap(items[1:], coco_categories, "x")
     with pytest.raises(LabelmapError, match="appears twice"):
@@ -116,11 +118,11 @@ def test_make_labelmap_cli_writes_labelmap_and_name_sizes(repo_root, coco_mini_d
 
 def test_make_labelmap_cli_coco91_and_user_labelmap(repo_root, coco_mini_dir, upstream, tmp_path):
     mini = coco_mini_dir / MINI_JSON
-    done, out = run_make_labelmap(repo_root, tmp_path, mini, mini, "--mode", "coco91")
+    done, out = run_make_labelmap(repo_root, tmp_path, mini, mini, "--settings", '{"mode": "coco91"}')
     assert done.returncode == 0, done.stderr
     assert len(read_labelmap(out["labelmap.prototxt"])) == 91
     user = upstream / "weiliu89-ssd-coco-labelmap.prototxt"
-    done, out = run_make_labelmap(repo_root, tmp_path, mini, mini, "--labelmap-file", str(user))
+    done, out = run_make_labelmap(repo_root, tmp_path, mini, mini, "--settings", json.dumps({"file": str(user)}))
     assert done.returncode == 0, done.stderr
     assert read_labelmap(out["labelmap.prototxt"]) == read_labelmap(user)
 
@@ -128,7 +130,7 @@ def test_make_labelmap_cli_coco91_and_user_labelmap(repo_root, coco_mini_dir, up
 def test_make_labelmap_cli_refuses_upstream_91_class_labelmap(repo_root, coco_mini_dir, upstream, tmp_path):
     mini = coco_mini_dir / MINI_JSON
     user = upstream / "chuanqi305-ssdlite-coco-labelmap_coco.prototxt"
-    done, out = run_make_labelmap(repo_root, tmp_path, mini, mini, "--labelmap-file", str(user))
+    done, out = run_make_labelmap(repo_root, tmp_path, mini, mini, "--settings", json.dumps({"file": str(user)}))
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "class names" in lines[0]
@@ -141,7 +143,7 @@ def test_make_labelmap_refuses_a_file_that_is_not_coco(coco_mini_dir, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(DatasetError, match=r"list\.json: top level is a JSON list; expected a COCO instances"):
         make_labelmap({"trainval": coco_mini_dir / MINI_JSON, "test": not_coco}, out / "labelmap.prototxt",
-                      {"trainval": out / "a.txt", "test": out / "b.txt"})  # fmt: skip
+                      {"trainval": out / "a.txt", "test": out / "b.txt"}, parse_settings(LabelmapSettings))  # fmt: skip
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -152,4 +154,4 @@ def test_test_split_with_a_category_outside_the_labelmap_is_refused(coco_mini_di
     out = tmp_path / "out"
     with pytest.raises(LabelmapError, match=r"toothbrush.*categories of .*instances_mini\.json"):
         make_labelmap({"trainval": trainval, "test": coco_mini_dir / MINI_JSON}, out / "labelmap.prototxt",
-                      {"trainval": out / "a.txt", "test": out / "b.txt"})  # fmt: skip
+                      {"trainval": out / "a.txt", "test": out / "b.txt"}, parse_settings(LabelmapSettings))  # fmt: skip

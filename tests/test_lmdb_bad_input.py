@@ -14,8 +14,8 @@ import pytest
 
 from ssdlite_coco.dataset.coco_json import DatasetError
 from ssdlite_coco.lmdb.check import check_lmdb
-from ssdlite_coco.lmdb.writer import BuildOptions, LmdbBuildError, build_lmdb
-from tests.support.lmdb_helpers import make_split, write_labelmap
+from ssdlite_coco.lmdb.writer import LmdbBuildError, build_lmdb
+from tests.support.lmdb_helpers import build_options, check_settings, make_split, write_labelmap
 
 IMAGE_IDS = [9, 25, 30, 34]
 BAD_ID = 25
@@ -131,7 +131,8 @@ def build_cli(repo_root: Path, instances: Path, images: Path, labelmap: Path, ou
     command = [
         sys.executable, str(repo_root / "scripts" / "build_lmdb.py"),
         "--instances", str(instances), "--images", str(images), "--labelmap", str(labelmap),
-        "--out", str(out / "lmdb"), "--report-out", str(out / "report.json"), "--no-progress", *extra,
+        "--out", str(out / "lmdb"), "--report-out", str(out / "report.json"), "--split", "test", "--no-progress",
+        *extra,
     ]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
@@ -161,14 +162,14 @@ def test_bad_record_is_skipped_and_counted(damaged, tmp_path):
         labelmap,
         out / "lmdb",
         out / "report.json",
-        BuildOptions(on_bad_record="skip", progress=False),
+        build_options("test", on_bad_record="skip"),
     )
     assert report["bad_records"] == {kind: 1}
     assert BAD_ID not in report["image_ids"] and sorted(report["image_ids"]) == [9, 30, 34]
     env = lmdb.open(str(out / "lmdb"), readonly=True, lock=False)
     assert env.stat()["entries"] == 3
     env.close()
-    summary = check_lmdb(out / "lmdb", out / "report.json", instances, labelmap, out / "check")
+    summary = check_lmdb(out / "lmdb", out / "report.json", instances, labelmap, out / "check", check_settings())
     assert summary["bad_records_skipped"] == 1 and summary[f"bad_records_{kind}"] == 1
     with (out / "check" / "summary.csv").open() as stream:
         table = dict(csv.reader(stream))
@@ -187,8 +188,10 @@ def test_annotation_file_that_is_not_coco(repo_root, coco_mini_dir, tmp_path):
         instances.write_text(text)
         with pytest.raises(DatasetError, match="COCO|integer"):
             build_lmdb(instances, images, labelmap, tmp_path / "lmdb", tmp_path / "r.json",
-                       BuildOptions(on_bad_record="skip", progress=False))  # fmt: skip
-        done = build_cli(repo_root, instances, images, labelmap, tmp_path / "out", "--on-bad-record", "skip")
+                       build_options("test", on_bad_record="skip"))  # fmt: skip
+        done = build_cli(
+            repo_root, instances, images, labelmap, tmp_path / "out", "--settings", '{"on_bad_record": "skip"}'
+        )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 1 and len(lines) == 1 and str(instances) in lines[0] and words in lines[0]
         assert not (tmp_path / "lmdb").exists() and not (tmp_path / "out").exists()
@@ -202,5 +205,5 @@ def test_no_half_written_lmdb_after_a_failure(coco_mini_dir, tmp_path):
     (images / data["images"][-1]["file_name"]).unlink()
     out = tmp_path / "out"
     with pytest.raises(LmdbBuildError, match="is missing"):
-        build_lmdb(instances, images, labelmap, out / "lmdb", out / "report.json", BuildOptions(progress=False))
+        build_lmdb(instances, images, labelmap, out / "lmdb", out / "report.json", build_options("test"))
     assert list(out.iterdir()) == []

@@ -19,10 +19,15 @@ from PIL import Image
 from ssdlite_coco.lmdb.image_bytes import prepare_image_bytes
 from ssdlite_coco.lmdb.records import Box, ImageRecord
 from ssdlite_coco.lmdb.store import AppendWriter
-from ssdlite_coco.lmdb.writer import BuildOptions, annotated_datum, build_lmdb, serialize_record
-from tests.support.lmdb_helpers import MINI_JSON, expected_label_rows, load_mini, make_split, write_labelmap
-
-NO_PROGRESS = {"progress": False}
+from ssdlite_coco.lmdb.writer import annotated_datum, build_lmdb, serialize_record
+from tests.support.lmdb_helpers import (
+    MINI_JSON,
+    build_options,
+    expected_label_rows,
+    load_mini,
+    make_split,
+    write_labelmap,
+)
 
 
 def read_lmdb(path: Path) -> list[tuple[bytes, bytes]]:
@@ -75,7 +80,7 @@ def trainval(coco_mini_dir, labelmap, tmp_path_factory) -> tuple[Path, dict]:
         labelmap,
         out / "trainval_lmdb",
         out / "trainval_build.json",
-        BuildOptions(shuffle_seed=1, readers=2, **NO_PROGRESS),
+        build_options("trainval", shuffle_seed=1, readers=2),
     )
     return out, report
 
@@ -123,7 +128,7 @@ def test_trainval_is_shuffled_with_a_fixed_seed_and_test_is_in_id_order(trainval
         labelmap,
         tmp_path / "test_lmdb",
         tmp_path / "test.json",
-        BuildOptions(**NO_PROGRESS),
+        build_options("test"),
     )
     assert test["image_ids"] == sorted(ids)
     keys = [key for key, _ in read_lmdb(tmp_path / "test_lmdb")]
@@ -139,7 +144,7 @@ def test_rebuild_is_byte_identical(trainval, coco_mini_dir, labelmap, tmp_path):
         labelmap,
         tmp_path / "again_lmdb",
         tmp_path / "again.json",
-        BuildOptions(shuffle_seed=1, readers=1, **NO_PROGRESS),
+        build_options("trainval", shuffle_seed=1, readers=1),
     )
     assert sha256(tmp_path / "again_lmdb" / "data.mdb") == sha256(out / "trainval_lmdb" / "data.mdb")
     assert read_lmdb(tmp_path / "again_lmdb") == read_lmdb(out / "trainval_lmdb")
@@ -150,7 +155,7 @@ def test_rebuild_is_byte_identical(trainval, coco_mini_dir, labelmap, tmp_path):
         labelmap,
         tmp_path / "other_lmdb",
         tmp_path / "other.json",
-        BuildOptions(shuffle_seed=2, **NO_PROGRESS),
+        build_options("trainval", shuffle_seed=2),
     )
     assert other["image_ids"] != json.loads((out / "trainval_build.json").read_text())["image_ids"]
 
@@ -162,7 +167,7 @@ def test_crowd_drop_and_min_box_size(coco_mini_dir, mini, labelmap, tmp_path):
         labelmap,
         tmp_path / "lmdb",
         tmp_path / "report.json",
-        BuildOptions(crowd="drop", min_box_size=8, **NO_PROGRESS),
+        build_options("test", crowd="drop", min_box_size=8),
     )
     small = [a for a in mini["annotations"] if not a["iscrowd"] and min(a["bbox"][2:]) < 8]
     assert small, "coco-mini has boxes under 8 pixels"
@@ -221,9 +226,7 @@ def make_odd_images(coco_mini_dir: Path, tmp_path: Path) -> tuple[Path, Path, di
 
 def test_files_that_are_not_plain_jpegs_are_fixed_and_counted(coco_mini_dir, mini, labelmap, tmp_path):
     instances, images, names = make_odd_images(coco_mini_dir, tmp_path)
-    report = build_lmdb(
-        instances, images, labelmap, tmp_path / "lmdb", tmp_path / "r.json", BuildOptions(**NO_PROGRESS)
-    )
+    report = build_lmdb(instances, images, labelmap, tmp_path / "lmdb", tmp_path / "r.json", build_options("test"))
     assert report["counts"]["reencoded_images"] == 2
     assert report["counts"]["exif_orientation_removed"] == 1
     sizes = {image["id"]: (image["width"], image["height"]) for image in mini["images"]}
@@ -251,7 +254,7 @@ def test_cli_builds_with_progress_bar_and_reports(repo_root, coco_mini_dir, labe
         sys.executable, str(repo_root / "scripts" / "build_lmdb.py"),
         "--instances", str(instances), "--images", str(images), "--labelmap", str(labelmap),
         "--out", str(tmp_path / "lmdb"), "--report-out", str(tmp_path / "report.json"),
-        "--shuffle-seed", "3", "--readers", "2",
+        "--split", "trainval", "--settings", '{"shuffle_seed": 3, "readers": 2}',
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
-from tests.support.lmdb_helpers import MINI_JSON, expected_label_rows, load_mini, write_labelmap
+from ssdlite_coco.lmdb.writer import build_lmdb
+from tests.support.lmdb_helpers import MINI_JSON, build_options, expected_label_rows, load_mini, write_labelmap
 
 
 def annotated_data_net(path: Path, lmdb_dir: Path, labelmap: Path) -> Path:
@@ -55,7 +55,7 @@ def test_caffe_reads_the_expected_boxes_for_every_image(coco_mini_dir, tmp_path,
         labelmap,
         tmp_path / "lmdb",
         tmp_path / "report.json",
-        BuildOptions(shuffle_seed=1, crowd=crowd, progress=False),
+        build_options("trainval", shuffle_seed=1, crowd=crowd),
     )
     net = annotated_data_net(tmp_path / "net.prototxt", tmp_path / "lmdb", labelmap)
     batches = read_all_with_caffe(net, report["records"])
@@ -96,7 +96,7 @@ def test_caffe_sees_exif_rotated_jpeg_in_its_stored_orientation(coco_mini_dir, t
         labelmap,
         tmp_path / "lmdb",
         tmp_path / "report.json",
-        BuildOptions(progress=False),
+        build_options("test"),
     )
     assert report["counts"]["exif_orientation_removed"] == 1
     net = annotated_data_net(tmp_path / "net.prototxt", tmp_path / "lmdb", labelmap)

@@ -14,8 +14,8 @@ from caffe.proto import caffe_pb2
 from PIL import Image
 
 from ssdlite_coco.lmdb.check import LmdbCheckError, check_lmdb
-from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
-from tests.support.lmdb_helpers import MINI_JSON, load_mini, write_labelmap
+from ssdlite_coco.lmdb.writer import build_lmdb
+from tests.support.lmdb_helpers import MINI_JSON, build_options, check_settings, load_mini, write_labelmap
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,15 @@ def built(coco_mini_dir, tmp_path_factory) -> dict[str, Path]:
         "report": out / "trainval_build.json",
     }
     images = coco_mini_dir / "images"
-    options = BuildOptions(shuffle_seed=7, progress=False)
+    options = build_options("trainval", shuffle_seed=7)
     build_lmdb(paths["instances"], images, paths["labelmap"], paths["lmdb"], paths["report"], options)
     return paths
 
 
 def run_check(built: dict[str, Path], out: Path, lmdb_dir: Path | None = None):
-    return check_lmdb(lmdb_dir or built["lmdb"], built["report"], built["instances"], built["labelmap"], out)
+    return check_lmdb(
+        lmdb_dir or built["lmdb"], built["report"], built["instances"], built["labelmap"], out, check_settings()
+    )
 
 
 def test_stats_equal_the_annotation_file(built, coco_mini_dir, tmp_path):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,8 @@ def _build_command(repo_root: Path, instances, images, labelmap, out: Path, *ext
     return [
         sys.executable, str(repo_root / "scripts" / "build_lmdb.py"),
         "--instances", str(instances), "--images", str(images), "--labelmap", str(labelmap),
-        "--out", str(out / "lmdb"), "--report-out", str(out / "report.json"), "--no-progress", *extra,
+        "--out", str(out / "lmdb"), "--report-out", str(out / "report.json"), "--split", "test", "--no-progress",
+        *extra,
     ]  # fmt: skip
 
 
@@ -82,15 +82,19 @@ def test_a_killed_build_leaves_a_temporary_folder_that_the_next_build_removes(re
     instances, images = make_split(coco_mini_dir, tmp_path / "split")  # all 128 images: a build of seconds
     labelmap = write_labelmap(json.loads(instances.read_text()), tmp_path / "labelmap.prototxt")
     out = tmp_path / "out"
-    command = _build_command(repo_root, instances, images, labelmap, out, "--readers", "1")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not any(name.startswith(".lmdb.tmp-") for name in _leftovers(out)):
-        assert process.poll() is None, "the build ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    command = _build_command(repo_root, instances, images, labelmap, out, "--settings", '{"readers": 1}')
+    with_progress = [part for part in command if part != "--no-progress"]
+    process = subprocess.Popen(with_progress, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The event, not a deadline: the progress bar is first drawn once the temporary LMDB exists.
+    seen = b""
+    while b"lmdb lmdb" not in seen:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        assert chunk, f"the build ended before it could be killed: {seen.decode(errors='replace')}"
+        seen += chunk
+    assert any(name.startswith(".lmdb.tmp-") for name in _leftovers(out)), _leftovers(out)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    process.stderr.close()
     stale = [name for name in _leftovers(out) if name.startswith(".lmdb.tmp-")]
     assert stale and not (out / "lmdb").exists()
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)

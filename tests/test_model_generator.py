@@ -20,18 +20,21 @@ caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.prototxt import format_prototxt, parse_prototxt  # noqa: E402
+from ssdlite_coco.common.config import ConfigError  # noqa: E402
+from ssdlite_coco.common.settings import parse_settings  # noqa: E402
 from ssdlite_coco.model.make import resolve_num_classes  # noqa: E402
 from ssdlite_coco.model.mobilenetv2 import make_divisible  # noqa: E402
 from ssdlite_coco.model.nets import (  # noqa: E402
     ROLES,
     ModelError,
-    ModelOptions,
     build_net,
     feature_maps,
     num_priors,
     supports_augmentation,
 )
-from ssdlite_coco.model.solver import SolverError, SolverOptions, build_solver, count_test_iterations  # noqa: E402
+from ssdlite_coco.model.settings import ModelSettings, SolverError  # noqa: E402
+from ssdlite_coco.model.solver import build_solver, count_test_iterations  # noqa: E402
+from tests.support.model_settings import model_options, solver_settings  # noqa: E402
 
 UPSTREAM = "reference/upstream/chuanqi305-ssdlite-coco-deploy.prototxt"
 AUGMENTATION_MODES = [False, True] if supports_augmentation() else [False]
@@ -68,9 +71,9 @@ def test_make_divisible_is_mobilenetv2_rounding():
 
 def test_folded_91_class_deploy_equals_the_published_net(tmp_path, shared_dir):
     upstream = caffe.Net(str(shared_dir / UPSTREAM), caffe.TEST)
-    ours = instantiate(tmp_path, build_net(ModelOptions(num_classes=91, backbone_bn="folded"), "deploy"))
+    ours = instantiate(tmp_path, build_net(model_options(num_classes=91, backbone_bn="folded"), "deploy"))
     assert ours.blobs["mbox_priorbox"].data.shape[2] // 4 == upstream.blobs["mbox_priorbox"].data.shape[2] // 4 == 1917
-    assert num_priors(ModelOptions(num_classes=91)) == 1917
+    assert num_priors(model_options(num_classes=91)) == 1917
     assert ours.outputs == upstream.outputs == ["detection_out"]
     for blob in ("mbox_loc", "mbox_conf", "mbox_priorbox", "mbox_conf_flatten", "detection_out"):
         assert ours.blobs[blob].data.shape == upstream.blobs[blob].data.shape, blob
@@ -86,7 +89,7 @@ def test_folded_91_class_deploy_equals_the_published_net(tmp_path, shared_dir):
 
 @pytest.mark.parametrize("backbone_bn", ["explicit", "folded"])
 def test_81_classes_is_about_4_3_million_parameters(tmp_path, backbone_bn):
-    net = instantiate(tmp_path, build_net(ModelOptions(num_classes=81, backbone_bn=backbone_bn), "deploy"))
+    net = instantiate(tmp_path, build_net(model_options(num_classes=81, backbone_bn=backbone_bn), "deploy"))
     assert 4.2e6 < learnable(net) < 4.45e6
     assert net.blobs["mbox_conf"].data.shape == (1, 1917 * 81)
 
@@ -102,7 +105,7 @@ def test_81_classes_is_about_4_3_million_parameters(tmp_path, backbone_bn):
     ],
 )
 def test_shapes_priors_and_channels(tmp_path, width, size, classes, maps, priors):
-    options = ModelOptions(num_classes=classes, input_size=size, width=width)
+    options = model_options(num_classes=classes, input_size=size, width=width)
     net = instantiate(tmp_path, build_net(options, "deploy"))
     fmaps = feature_maps(options)
     assert [fmap.size for fmap in fmaps] == maps
@@ -123,13 +126,13 @@ def test_shapes_priors_and_channels(tmp_path, width, size, classes, maps, priors
 
 
 def test_width_shrinks_the_net(tmp_path):
-    counts = [learnable(instantiate(tmp_path, build_net(ModelOptions(width=w), "deploy"))) for w in (1.0, 0.75, 0.5)]
+    counts = [learnable(instantiate(tmp_path, build_net(model_options(width=w), "deploy"))) for w in (1.0, 0.75, 0.5)]
     assert counts[0] > counts[1] > counts[2]
 
 
 def test_explicit_and_folded_backbone_batch_norm():
-    explicit = build_net(ModelOptions(backbone_bn="explicit"), "deploy")
-    folded = build_net(ModelOptions(backbone_bn="folded"), "deploy")
+    explicit = build_net(model_options(backbone_bn="explicit"), "deploy")
+    folded = build_net(model_options(backbone_bn="folded"), "deploy")
     bn_explicit = [layer.name for layer in explicit.layer if layer.type == "BatchNorm"]
     bn_folded = [layer.name for layer in folded.layer if layer.type == "BatchNorm"]
     assert all("_mbox_" in name for name in bn_folded) and len(bn_folded) == 12  # only the heads keep BN
@@ -147,7 +150,7 @@ def test_explicit_and_folded_backbone_batch_norm():
 
 @pytest.mark.parametrize("activation", ["relu6", "relu"])
 def test_depthwise_are_grouped_caffe_engine_convolutions(activation):
-    net = build_net(ModelOptions(activation=activation), "deploy")
+    net = build_net(model_options(activation=activation), "deploy")
     grouped = [layer for layer in net.layer if layer.type == "Convolution" and layer.convolution_param.group > 1]
     assert len(grouped) == 17 + 4 + 12  # 17 blocks, 4 extra layers, 12 head convolutions
     for layer in grouped:
@@ -161,7 +164,7 @@ def test_depthwise_are_grouped_caffe_engine_convolutions(activation):
 
 
 def test_tf_padding_slices_even_inputs_only(tmp_path):
-    net_param = build_net(ModelOptions(padding="tf", num_classes=91), "deploy")
+    net_param = build_net(model_options(padding="tf", num_classes=91), "deploy")
     slices = [layer for layer in net_param.layer if layer.type == "Slice"]
     # 300 -> 150 (stem), 150 -> 75, 38 -> 19, 10 -> 5, 2 -> 1 have even inputs;
     # 75 -> 38, 19 -> 10, 5 -> 3, 3 -> 2 odd ones
@@ -183,7 +186,7 @@ def test_tf_padding_slices_even_inputs_only(tmp_path):
 
 @pytest.mark.parametrize("role", ROLES)
 def test_text_round_trip(tmp_path, role):
-    options = ModelOptions(num_classes=4, augmentation=False, name_size_file="ns.txt")
+    options = model_options(num_classes=4, augmentation=False, name_size_file="ns.txt")
     net = build_net(options, role)
     text = format_prototxt(net, header="a header\nsecond line")
     assert text.startswith("# a header\n# second line\n")
@@ -193,7 +196,7 @@ def test_text_round_trip(tmp_path, role):
 
 
 def test_train_and_test_nets_have_the_right_ends():
-    options = ModelOptions(num_classes=4, augmentation=False, name_size_file="ns.txt", conf_loss="softmax")
+    options = model_options(num_classes=4, augmentation=False, name_size_file="ns.txt", conf_loss="softmax")
     train, test = build_net(options, "train"), build_net(options, "test")
     loss = next(layer for layer in train.layer if layer.type == "MultiBoxLoss")
     assert loss.multibox_loss_param.num_classes == 4
@@ -212,7 +215,7 @@ def test_train_and_test_nets_have_the_right_ends():
 
 
 def test_augmentation_emission():
-    options = ModelOptions(augmentation=True)
+    options = model_options(augmentation=True)
     if not supports_augmentation():
         with pytest.raises(ModelError, match="distort_param.*model.augmentation: false"):
             build_net(options, "train")
@@ -230,19 +233,19 @@ def test_augmentation_emission():
     assert samplers[6].sample_constraint.max_jaccard_overlap == 1.0
     test_data = build_net(options, "test").layer[0]  # the test net is never augmented
     assert not test_data.transform_param.HasField("distort_param") and not test_data.annotated_data_param.batch_sampler
-    off = build_net(ModelOptions(augmentation=False), "train").layer[0]
+    off = build_net(model_options(augmentation=False), "train").layer[0]
     assert not off.transform_param.HasField("distort_param") and not off.transform_param.mirror
 
 
 def test_option_errors():
     with pytest.raises(ModelError, match="activation must be one of"):
-        ModelOptions(activation="swish")
-    with pytest.raises(ModelError, match="unknown model option.*colour"):
-        ModelOptions.from_dict({"colour": 1})
+        model_options(activation="swish")
+    with pytest.raises(ConfigError, match="'colour' is not a setting of this step; it reads `model`"):
+        parse_settings(ModelSettings, '{"colour": 1}')
     with pytest.raises(ModelError, match="num_classes must be at least 2"):
-        ModelOptions(num_classes=1)
+        model_options(num_classes=1)
     with pytest.raises(SolverError, match="steps must increase"):
-        SolverOptions(steps=[10, 5])
+        solver_settings(steps=[10, 5])
 
 
 def test_num_classes_from_the_labelmap(model_data):
@@ -253,25 +256,25 @@ def test_num_classes_from_the_labelmap(model_data):
 
 
 def test_solver_settings():
-    rms = build_solver(SolverOptions(type="RMSProp", lr_policy="multistep", steps=[5, 9]), "a", "b", test_iter=3)
+    rms = build_solver(solver_settings(type="RMSProp", lr_policy="multistep", steps=[5, 9]), "cpu", "a", "b", 3)
     assert not rms.HasField("momentum") and rms.rms_decay == pytest.approx(0.9)
     assert list(rms.stepvalue) == [5, 9] and list(rms.test_iter) == [3] and rms.eval_type == "detection"
-    step = build_solver(SolverOptions(lr_policy="step", steps=[7]), "a", None, device="cuda")
+    step = build_solver(solver_settings(lr_policy="step", steps=[7]), "cuda", "a")
     assert step.stepsize == 7 and not step.test_net and step.solver_mode == caffe_pb2.SolverParameter.GPU
     assert count_test_iterations(5000, 8) == 625 and count_test_iterations(6, 4) == 2
-    cosine = build_solver(SolverOptions(lr_policy="cosine", min_lr=1e-4, warmup_iter=500), "a", None)
+    cosine = build_solver(solver_settings(lr_policy="cosine", min_lr=1e-4, warmup_iter=500), "cpu", "a")
     assert cosine.min_lr == pytest.approx(1e-4) and cosine.warmup_iter == 500
     assert cosine.warmup_start_factor == pytest.approx(0.001)
     assert not step.HasField("warmup_iter") and not step.HasField("min_lr")
     with pytest.raises(SolverError, match="min_lr must be at least 0 and below base_lr"):
-        SolverOptions(lr_policy="cosine", base_lr=0.01, min_lr=0.02)
-    with pytest.raises(SolverError, match="warmup_start_factor between 0 and 1"):
-        SolverOptions(warmup_iter=10, warmup_start_factor=1.5)
+        solver_settings(lr_policy="cosine", base_lr=0.01, min_lr=0.02)
+    with pytest.raises(ConfigError, match="'solver.warmup_start_factor': 1.5 is greater than the maximum of 1"):
+        solver_settings(warmup_iter=10, warmup_start_factor=1.5)
 
 
 @pytest.mark.parametrize("augmentation", AUGMENTATION_MODES)
 def test_generated_nets_train_on_a_real_lmdb(tmp_path, model_data, augmentation):
-    options = ModelOptions(
+    options = model_options(
         num_classes=81,
         input_size=160,
         width=0.5,
@@ -286,13 +289,14 @@ def test_generated_nets_train_on_a_real_lmdb(tmp_path, model_data, augmentation)
     for role in ("train", "test"):
         (tmp_path / f"{role}.prototxt").write_text(format_prototxt(build_net(options, role)))
     solver = build_solver(
-        SolverOptions(
+        solver_settings(
             base_lr=0.001,
             max_iter=3,
             display=1,
             snapshot=0,
             random_seed=1,
         ),
+        "cpu",
         "train.prototxt",
         "test.prototxt",
         test_iter=count_test_iterations(model_data.num_images, 2),
@@ -307,10 +311,12 @@ def run_make_model(tmp_path: Path, model_data, model_config: dict, solver_config
     args = [
         sys.executable,
         str(Path(__file__).parents[1] / "scripts" / "make_model.py"),
-        "--model-config",
+        "--model-settings",
         json.dumps(model_config),
-        "--solver-config",
+        "--solver-settings",
         json.dumps(solver_config or {}),
+        "--device",
+        "cpu",
         "--labelmap",
         str(model_data.labelmap),
         "--name-size",
@@ -361,12 +367,12 @@ def test_make_model_script_refuses_too_few_classes(tmp_path, model_data):
 
 
 def test_bn_moving_average_fraction_reaches_every_batchnorm():
-    net = build_net(ModelOptions(num_classes=4, bn_moving_average_fraction=0.99), "train")
+    net = build_net(model_options(num_classes=4, bn_moving_average_fraction=0.99), "train")
     batch_norms = [layer for layer in net.layer if layer.type == "BatchNorm"]
     assert batch_norms and all(
         layer.batch_norm_param.moving_average_fraction == pytest.approx(0.99) for layer in batch_norms
     )
-    default = build_net(ModelOptions(num_classes=4), "train")
+    default = build_net(model_options(num_classes=4), "train")
     assert not any(layer.batch_norm_param.HasField("moving_average_fraction") for layer in default.layer)
     with pytest.raises(ModelError, match="bn_moving_average_fraction must be in"):
-        ModelOptions(num_classes=4, bn_moving_average_fraction=1.0)
+        model_options(num_classes=4, bn_moving_average_fraction=1.0)

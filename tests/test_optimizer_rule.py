@@ -126,11 +126,12 @@ def test_a_resumed_tfrmsprop_run_goes_on_exactly(tmp_path, start):
 def test_coco_yaml_generates_the_tf_rule():
     import yaml
 
-    from ssdlite_coco.model.solver import SolverOptions, build_solver
+    from ssdlite_coco.model.solver import build_solver
+    from tests.support.model_settings import solver_settings
 
     recipe = yaml.safe_load((Path(__file__).parents[1] / "config/coco.yaml").read_text())["solver"]
     keys = {"type", "base_lr", "momentum", "rms_decay", "delta", "lr_policy"}
-    solver = build_solver(SolverOptions(**{k: v for k, v in recipe.items() if k in keys}), "train.prototxt")
+    solver = build_solver(solver_settings(**{k: v for k, v in recipe.items() if k in keys}), "cpu", "train.prototxt")
     rule = (solver.type, solver.momentum, solver.rms_decay, solver.delta)
     assert rule == ("TFRMSProp", pytest.approx(MOMENTUM), pytest.approx(DECAY), TF_EPSILON)
     assert (solver.base_lr, solver.lr_policy) == (pytest.approx(LR), "fixed") and not solver.HasField("warmup_iter")

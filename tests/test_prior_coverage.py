@@ -18,8 +18,8 @@ caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.prototxt import format_prototxt, read_prototxt  # noqa: E402
-from ssdlite_coco.labelmap import make_labelmap  # noqa: E402
-from ssdlite_coco.model.heads import PriorDesign  # noqa: E402
+from ssdlite_coco.common.settings import parse_settings  # noqa: E402
+from ssdlite_coco.labelmap import LabelmapSettings, make_labelmap  # noqa: E402
 from ssdlite_coco.model.make import generate_model  # noqa: E402
 from ssdlite_coco.model.nets import ModelError, ModelOptions, build_net  # noqa: E402
 from ssdlite_coco.model.prior_coverage import (  # noqa: E402
@@ -33,7 +33,7 @@ from ssdlite_coco.model.prior_coverage import (  # noqa: E402
     training_boxes,
     write_prior_coverage,
 )
-from ssdlite_coco.model.solver import SolverOptions  # noqa: E402
+from tests.support.model_settings import model_options, prior_design, solver_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = "reference/upstream/chuanqi305-ssdlite-coco-deploy.prototxt"
@@ -71,7 +71,7 @@ DIGESTS_BEFORE = {
         "53a2b77c1ae27e405a35a81ea640487cb8942794b2a36c6dccaade75789aca19",
     ),
 }
-CUSTOM = PriorDesign(min_ratio=7, max_ratio=90, aspect_ratios=((2, 3), (2,), (1.5, 2, 3), (2, 3), (), (3,)))
+CUSTOM = prior_design(min_ratio=7, max_ratio=90, aspect_ratios=((2, 3), (2,), (1.5, 2, 3), (2, 3), (), (3,)))
 
 
 def write_net(tmp_path: Path, options: ModelOptions, role: str = "deploy") -> Path:
@@ -98,7 +98,7 @@ def pycaffe_priors(deploy: Path) -> np.ndarray:
 def test_default_priors_leave_the_generated_nets_byte_identical(case):
     options, *digests = DIGESTS_BEFORE[case]
     paths = {"train": "results/model/train.prototxt", "test": "results/model/test.prototxt"}
-    texts, _ = generate_model(ModelOptions(**options), SolverOptions(), paths, 10)
+    texts, _ = generate_model(model_options(**options), solver_settings(), paths, 10, "cpu")
     got = [hashlib.sha256(texts[role].encode()).hexdigest() for role in ("train", "test", "deploy")]
     assert got == digests
 
@@ -108,15 +108,15 @@ def test_default_priorbox_params_are_the_published_nets(shared_dir):
         return [(layer.bottom[0], str(layer.prior_box_param)) for layer in net.layer if layer.type == "PriorBox"]
 
     upstream = read_prototxt(shared_dir / UPSTREAM, caffe_pb2.NetParameter())
-    assert params(build_net(ModelOptions(num_classes=91), "deploy")) == params(upstream)
+    assert params(build_net(model_options(num_classes=91), "deploy")) == params(upstream)
 
 
 @pytest.mark.parametrize(
     "options",
     [
-        ModelOptions(num_classes=4),
-        ModelOptions(num_classes=4, input_size=512),
-        ModelOptions(num_classes=4, priors=CUSTOM),
+        model_options(num_classes=4),
+        model_options(num_classes=4, input_size=512),
+        model_options(num_classes=4, priors=CUSTOM),
     ],
     ids=["default", "512", "custom"],
 )
@@ -134,7 +134,7 @@ def test_numpy_priors_of_the_published_net(shared_dir):
 
 
 def test_the_prior_keys_reach_the_priorbox_layers():
-    layers = [layer for layer in build_net(ModelOptions(num_classes=4, priors=CUSTOM), "train").layer]
+    layers = [layer for layer in build_net(model_options(num_classes=4, priors=CUSTOM), "train").layer]
     priorbox = [layer.prior_box_param for layer in layers if layer.type == "PriorBox"]
     # 7 ... 90 % of 300 in five equal steps; each max size is the next map's min size, 300 for the last.
     assert [size for p in priorbox for size in p.min_size] == pytest.approx([21, 70.8, 120.6, 170.4, 220.2, 270])
@@ -148,17 +148,17 @@ def test_the_prior_keys_reach_the_priorbox_layers():
 @pytest.mark.parametrize(
     ("design", "message"),
     [
-        (PriorDesign(min_ratio=50, max_ratio=40), "0 < min_ratio < max_ratio < 100"),
-        (PriorDesign(max_ratio=100), "0 < min_ratio < max_ratio < 100"),
-        (PriorDesign(min_ratio=0.1), "under 1 pixel"),
-        (PriorDesign(aspect_ratios=((2,),) * 5), "needs 6 lists"),
-        (PriorDesign(aspect_ratios=((2,), (1, 2), (2,), (2,), (2,), (2,))), "aspect_ratios[1]"),
-        (PriorDesign(aspect_ratios=((2, 2.0000001),) + ((2,),) * 5), "aspect_ratios[0]"),
+        (prior_design(min_ratio=50, max_ratio=40), "0 < min_ratio < max_ratio < 100"),
+        (prior_design(max_ratio=100), "0 < min_ratio < max_ratio < 100"),
+        (prior_design(min_ratio=0.1), "under 1 pixel"),
+        (prior_design(aspect_ratios=((2,),) * 5), "needs 6 lists"),
+        (prior_design(aspect_ratios=((2,), (1, 2), (2,), (2,), (2,), (2,))), "aspect_ratios[1]"),
+        (prior_design(aspect_ratios=((2, 2.0000001),) + ((2,),) * 5), "aspect_ratios[0]"),
     ],
 )
 def test_bad_prior_designs_are_refused(design, message):
     with pytest.raises(ModelError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        ModelOptions(num_classes=4, priors=design)
+        model_options(num_classes=4, priors=design)
 
 
 def test_matching_is_caffes_bipartite_then_per_prediction():
@@ -201,7 +201,7 @@ def instances_from_boxes(path: Path, images: list[list[list[float]]], side: int 
 
 
 def test_boxes_equal_to_priors_are_all_covered(tmp_path):
-    options = ModelOptions(num_classes=4)
+    options = model_options(num_classes=4)
     deploy, train = write_net(tmp_path, options), write_net(tmp_path, options, "train")
     priors = numpy_priors(deploy).astype(np.float64)
     inside = np.flatnonzero((priors >= 0).all(axis=1) & (priors <= 1).all(axis=1))
@@ -227,7 +227,7 @@ def test_tiny_boxes_give_low_coverage_and_one_warning_line(tmp_path):
     images = [[[x, y, 4, 3] for x in (10, 150, 280)] for y in (20, 140, 290)]
     instances = instances_from_boxes(tmp_path / "tiny.json", images)
     labelmap, name_size = tmp_path / "labelmap.prototxt", tmp_path / "name_size.txt"
-    make_labelmap({"test": instances}, labelmap, {"test": name_size})
+    make_labelmap({"test": instances}, labelmap, {"test": name_size}, parse_settings(LabelmapSettings))
     out = tmp_path / "results" / "model"
     out.mkdir(parents=True)
     args = [f"--{role}={out / (role + '.prototxt')}" for role in ("out-train", "out-test", "out-deploy", "out-solver")]
@@ -236,7 +236,8 @@ def test_tiny_boxes_give_low_coverage_and_one_warning_line(tmp_path):
         str(tmp_path / "make_model.log"),
         sys.executable,
         str(REPO / "scripts" / "make_model.py"),
-        f"--model-config={json.dumps({'augmentation': False, 'prior_coverage_warn_below': 0.3})}",
+        f"--model-settings={json.dumps({'augmentation': False, 'prior_coverage_warn_below': 0.3})}",
+        "--device=cpu",
         f"--labelmap={labelmap}",
         f"--name-size={name_size}",
         f"--test-instances={instances}",
@@ -271,8 +272,8 @@ def test_smaller_priors_raise_the_coverage_of_small_boxes(tmp_path, coco_mini_di
     coco = json.loads((coco_mini_dir / "annotations" / "instances_mini.json").read_text())
     data = training_boxes(coco)
     small = {}
-    for name, design in {"default": PriorDesign(), "small": PriorDesign(min_ratio=6, max_ratio=80)}.items():
-        deploy = write_net(tmp_path, ModelOptions(num_classes=4, input_size=512, priors=design))
+    for name, design in {"default": prior_design(), "small": prior_design(min_ratio=6, max_ratio=80)}.items():
+        deploy = write_net(tmp_path, model_options(num_classes=4, input_size=512, priors=design))
         small[name] = prior_coverage(numpy_priors(deploy), data, 0.5)["buckets"]["small"]["coverage"]
     assert small["default"] < 0.01 < 0.1 < small["small"]
     empty = prior_coverage(numpy_priors(deploy), TrainingBoxes([], [], {}), 0.5)

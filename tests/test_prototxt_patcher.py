@@ -20,13 +20,14 @@ caffe = require_caffe()
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from ssdlite_coco.caffe_tools.prototxt import PrototxtError, format_prototxt, read_prototxt  # noqa: E402
-from ssdlite_coco.model.nets import ModelOptions, build_net, supports_augmentation  # noqa: E402
+from ssdlite_coco.model.nets import build_net, supports_augmentation  # noqa: E402
 from ssdlite_coco.model.patcher import (  # noqa: E402
     PatchError,
     PatchSettings,
     patch_net,
     patch_solver,
 )
+from tests.support.model_settings import model_options  # noqa: E402
 
 UPSTREAM = "reference/upstream/chuanqi305-ssdlite-coco-"
 LAYER_TYPES = frozenset(caffe.layer_type_list())
@@ -87,7 +88,7 @@ def test_upstream_deploy_patched_to_81_classes_instantiates(tmp_path, upstream):
     assert net.blobs["mbox_conf"].data.shape == (1, 1917 * 81)
     # the patched published net and the generated folded 81-class net have the same parameters
     ours_path = tmp_path / "ours.prototxt"
-    ours_path.write_text(format_prototxt(build_net(ModelOptions(num_classes=81, backbone_bn="folded"), "deploy")))
+    ours_path.write_text(format_prototxt(build_net(model_options(num_classes=81, backbone_bn="folded"), "deploy")))
     ours = caffe.Net(str(ours_path), caffe.TEST)
     shapes = {name: [b.data.shape for b in blobs] for name, blobs in net.params.items()}
     assert shapes == {name: [b.data.shape for b in blobs] for name, blobs in ours.params.items()}
@@ -158,6 +159,7 @@ def test_upstream_nets_patched_onto_an_lmdb_train(tmp_path, upstream, model_data
         "test.prototxt",
         test_iter=3,
         snapshot_prefix=str(tmp_path / "snap"),
+        device="cpu",
         test_interval=1000,
     )
     solver.max_iter = 2
@@ -184,7 +186,7 @@ def test_solver_paths_test_iter_and_snapshot_prefix(upstream):
     assert patched.type == "RMSProp" and list(patched.stepvalue) == [20000, 40000]  # schedule kept
     assert warnings == ["solver.prototxt: had no test_interval; set to 5000"]
     test_solver = read_prototxt(upstream["solver_test"], caffe_pb2.SolverParameter())
-    patched, warnings = patch_solver(test_solver, "t.prototxt", "v.prototxt", 4, "s", where="solver_test")
+    patched, warnings = patch_solver(test_solver, "t.prototxt", "v.prototxt", 4, "s", "cpu", 5000, where="solver_test")
     assert patched.test_interval == 10000 and list(patched.test_iter) == [4] and patched.train_net == "t.prototxt"
     assert any("max_iter is 0" in warning for warning in warnings)
 
@@ -209,8 +211,10 @@ def test_make_model_script_patch_mode(tmp_path, upstream, model_data):
     args = [
         sys.executable,
         str(Path(__file__).parents[1] / "scripts" / "make_model.py"),
-        "--model-config",
+        "--model-settings",
         json.dumps(model),
+        "--device",
+        "cpu",
         "--labelmap",
         str(model_data.labelmap),
         "--name-size",
@@ -350,7 +354,7 @@ def test_refuses_data_layer_problems(upstream):
 def test_refuses_solvers_it_cannot_point_at_one_train_and_one_test_net():
     solver = caffe_pb2.SolverParameter(net="a.prototxt", test_net=["b.prototxt", "c.prototxt"])
     with pytest.raises(PatchError, match="solver.prototxt: has 2 test nets; the workflow tests one"):
-        patch_solver(solver, "t", "v", 1, "s", where="solver.prototxt")
+        patch_solver(solver, "t", "v", 1, "s", "cpu", 1, where="solver.prototxt")
     inline = caffe_pb2.SolverParameter(net_param=caffe_pb2.NetParameter(name="inline"))
     with pytest.raises(PatchError, match="embeds its nets"):
-        patch_solver(inline, "t", "v", 1, "s", where="solver.prototxt")
+        patch_solver(inline, "t", "v", 1, "s", "cpu", 1, where="solver.prototxt")

@@ -12,11 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ssdlite_coco.common.settings import parse_settings
 from ssdlite_coco.evaluate.coco_scoring import score_detections, write_metrics
 from ssdlite_coco.report.figures import ReportError, detection_grid, metrics_html, plot_loss
+from ssdlite_coco.report.settings import DetectionGridSettings
 from ssdlite_coco.train.log import write_log_csv
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def grid_settings(**keys) -> DetectionGridSettings:
+    """The detection grid's settings with these keys of the `evaluate` section (the others at their defaults)."""
+    return parse_settings(DetectionGridSettings, json.dumps(keys))
 
 
 @pytest.fixture()
@@ -45,12 +52,15 @@ def test_figures_are_drawn(inputs):
     folder, instances, images = inputs
     plot_loss(folder / "train_log.csv", folder / "loss.png")
     metrics_html(folder / "metrics.json", folder / "metrics.html")
-    detection_grid(folder / "detections.json", instances, images, folder / "detections.jpg", num_images=6)
+    six = grid_settings(report_images=6)
+    detection_grid(folder / "detections.json", instances, images, folder / "detections.jpg", six)
     with Image.open(folder / "loss.png") as loss:
         assert loss.format == "PNG" and loss.width > 400
-    detection_grid(
-        folder / "detections.json", instances, images, folder / "none.jpg", num_images=6, score_threshold=0.9
-    )  # every detection scores 0.8: nothing drawn
+        pixels = np.asarray(loss.convert("RGB")).reshape(-1, 3).astype(int)
+    for colour in ((31, 119, 180), (255, 127, 14)):  # the smoothed loss (C0) and the learning rate (C1) are drawn
+        assert (np.abs(pixels - colour).sum(axis=1) < 30).sum() > 300, colour  # axis labels alone: < 60
+    strict = grid_settings(report_images=6, report_score_threshold=0.9)  # every detection scores 0.8: none drawn
+    detection_grid(folder / "detections.json", instances, images, folder / "none.jpg", strict)
 
     def red_pixels(path):
         with Image.open(path) as grid:
@@ -95,7 +105,7 @@ def test_plot_report_script_and_a_missing_input(inputs, tmp_path):
     with pytest.raises(ReportError, match="lists no images"):
         empty = tmp_path / "empty.json"
         empty.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
-        detection_grid(folder / "detections.json", empty, images, tmp_path / "x.jpg")
+        detection_grid(folder / "detections.json", empty, images, tmp_path / "x.jpg", grid_settings())
 
 
 def _int8_result(fp32_ap: float, int8_ap: float) -> dict:

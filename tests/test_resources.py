@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from ssdlite_coco.common.config import schema_default, validate_config
+from ssdlite_coco.common.config import validate_config
 from ssdlite_coco.common.resources import ResourceConfigError, effective_resources, rule_resources, rule_threads
 
 
@@ -43,13 +43,12 @@ def test_gpu_rules_ask_for_gpu_and_threads_follow_cpus(config):
     assert rule_threads(config, "train") == 8
 
 
-def test_no_resources_section_uses_the_schema_defaults():
-    expected = {
-        key: schema_default(f"resources.default.{key}") for key in ("mem_mb", "runtime", "cpus_per_task", "gpus")
-    }
-    assert expected == {"mem_mb": 4000, "runtime": 120, "cpus_per_task": 1, "gpus": 0}
-    assert effective_resources({}, "train") == expected
-    assert effective_resources({"resources": {"default": {"mem_mb": 500}}}, "train")["runtime"] == 120
+def test_no_resources_section_uses_the_schema_defaults(repo_root):
+    schema = repo_root / "config" / "schema.yaml"
+    expected = {"mem_mb": 4000, "runtime": 120, "cpus_per_task": 1, "gpus": 0}
+    assert effective_resources(validate_config({}, schema), "train") == expected
+    config = validate_config({"resources": {"default": {"mem_mb": 500}}}, schema)
+    assert effective_resources(config, "train") == dict(expected, mem_mb=500)
 
 
 def test_bad_value_names_the_key(config):

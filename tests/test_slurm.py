@@ -7,11 +7,14 @@ without them the test is skipped, saying so.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from tests.support.slurm_cluster import SlurmCluster, unavailable_reason
 from tests.support.workflow_run import copy_workflow, output_tail, run_snakemake
@@ -91,8 +94,12 @@ def test_workflow_runs_through_the_slurm_profile(slurm_cluster, repo_root, tmp_p
     )
 
     assert result.returncode == 0, f"snakemake on SLURM failed:\n{output_tail(result)}"
-    for target in TARGETS:
-        assert (workdir / target).exists(), f"{target} was not made"
+    metrics = json.loads((workdir / "results/evaluate/metrics.json").read_text())
+    assert metrics["num_images"] == SMALL_DEMO["dataset"]["demo"]["test_images"] and 0 <= metrics["stats"]["AP50"] <= 1
+    verify = json.loads((workdir / "results/export/verify.json").read_text())
+    assert verify["failures"] == [] and all(row["loads"] for row in verify["rows"]), verify["failures"]
+    with Image.open(workdir / "results/report/loss.png") as loss:
+        assert loss.format == "PNG" and loss.size[0] > 400 and len(np.unique(np.asarray(loss.convert("L")))) > 2
 
     jobs = _jobs_by_rule(result.stdout + result.stderr)
     for rule, wanted in RULE_RESOURCES.items():

@@ -20,8 +20,8 @@ from google.protobuf import text_format
 from PIL import Image, ImageDraw
 
 import caffe
-from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
-from tests.support.lmdb_helpers import load_mini, make_split, write_labelmap
+from ssdlite_coco.lmdb.writer import build_lmdb
+from tests.support.lmdb_helpers import build_options, load_mini, make_split, write_labelmap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT_DIR = REPO_ROOT / "tests" / "artifacts"
@@ -86,7 +86,7 @@ def coco_lmdb(coco_mini_dir: Path, out_dir: Path, count: int) -> tuple[Path, Pat
     instances, images = make_split(coco_mini_dir, out_dir / "split", image_ids)
     labelmap = write_labelmap(json.loads(instances.read_text()), out_dir / "labelmap.prototxt")
     source = out_dir / "lmdb"
-    build_lmdb(instances, images, labelmap, source, out_dir / "report.json", BuildOptions(progress=False))
+    build_lmdb(instances, images, labelmap, source, out_dir / "report.json", build_options("test"))
     env = lmdb.open(str(source), readonly=True, lock=False)
     with env.begin() as txn:
         records = [caffe_pb2.AnnotatedDatum.FromString(value) for _, value in txn.cursor()]

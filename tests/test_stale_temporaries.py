@@ -70,7 +70,7 @@ def test_a_build_lmdb_job_removes_the_lmdb_a_killed_job_on_another_node_left(rep
     command = [
         sys.executable, str(repo_root / "scripts/build_lmdb.py"), "--instances", str(instances),
         "--images", str(images), "--labelmap", str(labelmap), "--out", "results/lmdb/trainval_lmdb",
-        "--report-out", "results/lmdb/trainval_build.json", "--no-progress",
+        "--report-out", "results/lmdb/trainval_build.json", "--split", "trainval", "--no-progress",
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != RULE_OWNS_OUTPUTS}
     alone = subprocess.run(command, cwd=workflow, capture_output=True, text=True, timeout=300, env=env)

@@ -9,16 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssdlite_coco.train.log import (
-    LOG_COLUMNS,
-    TrainLogError,
-    caffe_log_to_csv,
-    log_frame,
-    parse_caffe_log,
-    read_log_csv,
-    write_log_csv,
-)
+from ssdlite_coco.train.log import LOG_COLUMNS, TrainLogError, log_frame, read_log_csv, write_log_csv
+from tests.support.caffe_log import parse_caffe_log
 from tests.support.helpers import caffe_logs_env
+from tests.support.pycaffe import require_caffe
 
 NAN = math.nan
 
@@ -67,13 +61,6 @@ I1126 solver.cpp:243] Iteration 10 (12.5 iter/s, 0.8s/10 iters), loss = 1.5e+01
     assert frame.detection_eval.tolist()[1] == 0.0123
 
 
-def test_a_log_without_iterations_is_refused(tmp_path):
-    (tmp_path / "empty.log").write_text("nothing here\n")
-    with pytest.raises(TrainLogError, match="no 'Iteration N, loss = X' line"):
-        caffe_log_to_csv(tmp_path / "empty.log", tmp_path / "out.csv")
-    assert not (tmp_path / "out.csv").exists()
-
-
 # Caffe's own rate (its log's "lr =" lines) against the runner's learning_rate(), at every iteration
 SCHEDULES = {
     "multistep": "",  # the tiny solver's: halved at stepvalue 30
@@ -82,8 +69,8 @@ SCHEDULES = {
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_dir, schedule):
-    pytest.importorskip("caffe", reason="run the tests through scripts/with-caffe")
+def test_the_runner_rate_equals_the_one_a_real_caffe_train_run_logs(tmp_path, coco_mini_dir, schedule):
+    require_caffe()
     from ssdlite_coco.train.runner import read_solver
     from ssdlite_coco.train.schedule import learning_rate
     from tests.support.tiny_ssd import make_tiny_world
@@ -103,10 +90,9 @@ def test_the_log_of_a_real_caffe_train_run_becomes_the_csv(tmp_path, coco_mini_d
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    (tmp_path / "train.log").write_text(run.stderr)
-    count = caffe_log_to_csv(tmp_path / "train.log", tmp_path / "train_log.csv")
+    write_log_csv(parse_caffe_log(run.stderr), tmp_path / "train_log.csv")
     frame = pd.read_csv(tmp_path / "train_log.csv")
-    assert count == len(frame) == 41  # iterations 0..39 and the test after the last one
+    assert len(frame) == 41  # iterations 0..39 and the test after the last one
     # Solve() prints one more (forward-only) loss after the last update
     assert frame.dropna(subset=["loss"]).iteration.tolist() == list(range(41))
     rates = frame.dropna(subset=["learning_rate"])

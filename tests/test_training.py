@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pytest
 from tests.support.http_server import FileServer
 from tests.support.pycaffe import require_caffe
 from tests.support.tiny_ssd import deploy_net_text, make_tiny_world, solver_text
+from tests.support.train_settings import train_settings
 
 caffe = require_caffe()
 
@@ -32,7 +33,7 @@ from ssdlite_coco.common.digests import file_digest  # noqa: E402
 from ssdlite_coco.train.fetch_weights import fetch_weights  # noqa: E402
 from ssdlite_coco.train.runner import (  # noqa: E402
     TrainingError,
-    TrainSettings,
+    TrainRun,
     read_solver,
     train,
 )
@@ -46,16 +47,17 @@ def world(tmp_path_factory, coco_mini_dir):
     return make_tiny_world(tmp_path_factory.mktemp("tiny"), coco_mini_dir, max_iter=30, test_interval=10)
 
 
-def settings_for(world, out: Path, **overrides) -> TrainSettings:
+def settings_for(world, out: Path, **overrides) -> TrainRun:
     values = dict(
         solver=world.solver,
         weights_out=out / "final.caffemodel",
         log_csv_out=out / "train_log.csv",
         snapshot_root=out / "snapshots",
-        snapshot_interval=10,
+        settings=train_settings(snapshot_interval=10),
+        threads=1,
     )
     values.update(overrides)
-    return TrainSettings(**values)
+    return TrainRun(**values)
 
 
 def test_training_writes_weights_and_a_log_with_loss_lr_and_detection_eval(world, tmp_path):
@@ -128,8 +130,8 @@ def test_training_killed_with_sigkill_resumes_from_its_newest_snapshot(world, tm
         str(out / "train_log.csv"),
         "--snapshot-root",
         str(out / "snapshots"),
-        "--snapshot-interval",
-        "10",
+        "--settings",
+        json.dumps({"snapshot_interval": 10}),
     ]
     process = subprocess.Popen(
         command,
@@ -139,13 +141,14 @@ def test_training_killed_with_sigkill_resumes_from_its_newest_snapshot(world, tm
         env=dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1"),
     )
     try:
-        deadline = time.monotonic() + 120
-        pointers: list[Path] = []
-        while not pointers and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-            pointers = list((out / "snapshots").glob("run-*/latest.json"))
-        assert pointers, f"no snapshot appeared; output:\n{process.stdout.read().decode() if process.poll() else ''}"
-        time.sleep(1.0)  # let it train past the snapshot
+        # The event, not a deadline: the progress line of iteration 20 comes after the snapshots of 10 and 20.
+        output = []
+        for line in process.stdout:
+            output.append(line.decode(errors="replace"))
+            if (progress := re.match(r"iteration (\d+)/", output[-1])) and int(progress[1]) >= 20:
+                break
+        pointers = list((out / "snapshots").glob("run-*/latest.json"))
+        assert pointers, f"no snapshot before iteration 20; output:\n{''.join(output)}"
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     finally:
@@ -169,12 +172,13 @@ def test_training_killed_with_sigkill_resumes_from_its_newest_snapshot(world, tm
     )
     messages: list[str] = []
     summary = train(
-        TrainSettings(
+        TrainRun(
             solver=solver,
             weights_out=out / "final.caffemodel",
             log_csv_out=out / "train_log.csv",
             snapshot_root=out / "snapshots",
-            snapshot_interval=10,
+            settings=train_settings(snapshot_interval=10),
+            threads=1,
         ),
         log=messages.append,
     )
@@ -266,6 +270,8 @@ def test_train_script_reports_a_missing_solver_in_one_line(tmp_path):
             str(tmp_path / "w.caffemodel"),
             "--log-csv",
             str(tmp_path / "log.csv"),
+            "--snapshot-root",
+            str(tmp_path / "snapshots"),
         ],
         cwd=REPO,
         capture_output=True,
@@ -283,12 +289,13 @@ def test_a_diverging_loss_stops_training_with_a_clear_error(world, tmp_path):
     solver.write_text(world.solver.read_text().replace("base_lr: 0.01", "base_lr: 1e9"))
     with pytest.raises(TrainingError, match=r"at iteration \d+.*lower solver\.base_lr"):
         train(
-            TrainSettings(
+            TrainRun(
                 solver=solver,
                 weights_out=tmp_path / "w.caffemodel",
                 log_csv_out=tmp_path / "l.csv",
                 snapshot_root=tmp_path / "snapshots",
-                snapshot_interval=10,
+                settings=train_settings(snapshot_interval=10),
+                threads=1,
             ),
             log=lambda message: None,
         )

@@ -15,6 +15,7 @@ from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.train import health
 from ssdlite_coco.train.health import LossGuard, divergence_message, settings_problem
 from tests.support.tiny_ssd import make_tiny_world, solver_text
+from tests.support.train_settings import train_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,19 +158,20 @@ def write_solver(world, path: Path, base_lr: float = 0.01, gamma: float = 0.5, m
     return path
 
 
-def run_train(solver: Path, out: Path, messages: list[str] | None = None, **overrides) -> dict:
-    """``runner.train`` with snapshots every 5 iterations; its log lines go to ``messages``."""
-    from ssdlite_coco.train.runner import TrainSettings, train
+def run_train(solver: Path, out: Path, messages: list[str] | None = None, **keys) -> dict:
+    """``runner.train`` with snapshots every 5 iterations and these `train` ``keys``; its log lines go to
+    ``messages``."""
+    from ssdlite_coco.train.runner import TrainRun, train
 
-    values = dict(
+    run = TrainRun(
         solver=solver,
         weights_out=out / "final.caffemodel",
         log_csv_out=out / "train_log.csv",
         snapshot_root=out / "snapshots",
-        snapshot_interval=5,
+        settings=train_settings(**({"snapshot_interval": 5} | keys)),
+        threads=1,
     )
-    values.update(overrides)
-    return train(TrainSettings(**values), log=(messages if messages is not None else []).append)
+    return train(run, log=(messages if messages is not None else []).append)
 
 
 def test_a_rate_that_diverges_mid_run_stops_it_and_keeps_the_snapshot_from_before(world, tmp_path):
@@ -230,7 +232,7 @@ def test_the_train_script_shows_one_error_line_on_the_console(world, tmp_path):
     out, log = tmp_path / "out", tmp_path / "train.log"
     command = [str(REPO / "scripts" / "logged"), str(log), sys.executable, str(REPO / "scripts" / "train.py")]
     command += ["--solver", str(solver), "--weights-out", str(out / "w.caffemodel"), "--log-csv", str(out / "l.csv")]
-    command += ["--snapshot-root", str(out / "snapshots"), "--snapshot-interval", "5"]
+    command += ["--snapshot-root", str(out / "snapshots"), "--settings", json.dumps({"snapshot_interval": 5})]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
     console = (result.stdout + result.stderr).splitlines()

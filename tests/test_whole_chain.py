@@ -24,14 +24,18 @@ pytestmark = pytest.mark.slow
 #   2026-12-04, AMD EPYC (2 vCPUs), after patch 0040 (every item's augmentation from its own random stream:
 #   the same seed draws other augmentations; their statistics are unchanged, see the closing note of #22):
 #   COCO AP50 0.5940, AP 0.344, detection_eval 0.581 (0.7722 / 0.480 on the same machine before the patch)
-#   2026-12-05, AMD EPYC (2 vCPUs), main at 421fa86 (patches 0041-0043 since): COCO AP50 0.4012, AP 0.2304,
-#   detection_eval 0.410: 0.001 above the floors below (see the closing note of #25: to be re-derived, #24)
-# The floors: two thirds of the lowest figure any CPU gave (AMD after patch 0040). Across the CPUs seen the
-# figures span 0.594-0.830 AP50 (the lowest is 72 % of the highest), so a floor at 2/3 of the lowest leaves
-# at least that spread again below it for a CPU not seen yet; a chain that no longer learns gives AP50 < 0.2
-# (iteration 0: 0.00). Rounding moves the figures from one CPU to the next, not from one run to the next on
-# one CPU: two trainings on one machine give the same weights bit for bit (the test below).
-DEMO_FLOORS = {"AP50": 0.40, "AP": 0.23, "detection_eval": 0.39}
+#   2026-12-05, AMD EPYC (2 vCPUs), main at 421fa86 (patches 0041-0043 since; the demo's recipe unchanged):
+#   COCO AP50 0.4012, AP 0.2304, detection_eval 0.410, reproduced bit for bit on 2026-12-06.
+# How far one machine's figures move with the seed alone (bench/demo_seed_spread.py, 2026-12-06, AMD EPYC,
+# c053c49), AP50 / AP / detection_eval: seed 1 0.401 / 0.230 / 0.410, seed 2 0.734 / 0.428 / 0.719, seed 3
+# 0.712 / 0.432 / 0.692, seed 4 0.784 / 0.481 / 0.766. Another seed, like another CPU's rounding, sends 500
+# iterations from scratch down another path: over seeds on one machine the lowest is half the highest
+# (0.51, 0.48, 0.54), about as wide as all recorded above (AP50 0.40-0.83), and seed 1 is this machine's low.
+# The floors: two thirds of the lowest figure seen (this machine, seed 1): a CPU not seen yet may land a
+# third below it and still pass, while a chain that no longer learns (AP50 < 0.2; iteration 0: 0.00) fails.
+# Rounding moves the figures from one CPU to the next, not from one run to the next on one CPU: two
+# trainings on one machine give the same weights bit for bit (the test below).
+DEMO_FLOORS = {"AP50": 0.27, "AP": 0.15, "detection_eval": 0.27}
 CHANCE_AP50 = 0.05
 
 FINAL_OUTPUTS = [
@@ -105,24 +109,50 @@ def check_outputs_are_well_formed(workdir: Path, max_iter: int) -> dict:
     categories = {c["id"] for c in json.loads((workdir / "results/data/test/instances.json").read_text())["categories"]}
     assert all(d["image_id"] in image_ids and d["category_id"] in categories for d in detections)
     effective = yaml.safe_load((workdir / "results/config.effective.yaml").read_text())["export"]
+    # The allowance is measured here, not read from the outputs under test: the trained net's float32 noise
+    # (other one-ulp nudges than the rule's), and the folded export against the trained net on 4 test images.
+    here = fold_measured_here(
+        workdir, [workdir / "results/data/test/images" / image["file_name"] for image in test_images[:4]]
+    )
+    allowed = max(effective["fold_tolerance"], effective["fold_noise_factor"] * here["noise"])
+    assert 0 < here["noise"] < 0.05, here  # one-ulp weight nudges move a trained net's outputs by far less than 5 %
+    assert here["fold"] < allowed, here
     fold = json.loads((workdir / "results/export/fold_check.json").read_text())
-    noise = fold["reference_noise"]["max_relative_difference"]  # measured in this run, recorded by the rule
-    assert 0 < noise < 0.05, fold  # one-ulp weight nudges move a trained net's outputs by far less than 5 %
-    allowed = max(effective["fold_tolerance"], effective["fold_noise_factor"] * noise)  # config/README.md's rule
-    assert fold["tolerance"] == pytest.approx(allowed), fold
-    assert fold["max_relative_difference"] < allowed, fold
-    runtime_allowed = max(effective["tolerance"], effective["fold_noise_factor"] * noise)
-    check_runtime_rows(workdir, num_images=len(test_images), tolerance=runtime_allowed)
+    recorded = fold["reference_noise"]["max_relative_difference"]
+    assert here["noise"] / 10 < recorded < here["noise"] * 10, (recorded, here)  # the rule measured, not guessed
+    check_runtime_rows(workdir, num_images=len(test_images), tolerance=max(effective["tolerance"], allowed))
     with (workdir / "results/evaluate/metrics.csv").open() as handle:
         assert dict(csv.reader(handle))["coco/AP50"]
     return metrics
+
+
+def fold_measured_here(workdir: Path, images: list[Path]) -> dict[str, float]:
+    """The folded export's largest relative head difference from the trained net on ``images``, and the trained
+    net's own float32 noise there (one-ulp weight nudges from seed 100: not the rule's)."""
+    import caffe
+    from ssdlite_coco.export.fold import input_shape, load_net_params
+    from ssdlite_coco.export.fold_check import compare_nets, reference_noise
+    from ssdlite_coco.export.preprocess import preprocess_as, transform_settings
+
+    deploy, weights = workdir / "results/model/deploy.prototxt", workdir / "results/train/final.caffemodel"
+    transform = transform_settings(workdir / "results/model/test.prototxt")
+    inputs = [preprocess_as(path, transform, input_shape(deploy)[1:]) for path in images]
+    trained = load_net_params(deploy, weights)
+    folded = caffe.Net(
+        str(workdir / "results/export/caffe/deploy.prototxt"),
+        caffe.TEST,
+        weights=str(workdir / "results/export/caffe/deploy.caffemodel"),
+    )
+    return {
+        "fold": compare_nets(trained, folded, inputs)["max_relative_difference"],
+        "noise": reference_noise(deploy, weights, trained, inputs, seed=100)["max_relative_difference"],
+    }
 
 
 def check_runtime_rows(workdir: Path, num_images: int, tolerance: float) -> None:
     """Every runtime loads the export, agrees with pycaffe on the heads and scores the same COCO AP50."""
     verify = json.loads((workdir / "results/export/verify.json").read_text())
     assert verify["failures"] == [] and verify["images"] == num_images, verify["failures"]
-    assert verify["tolerance"] == pytest.approx(tolerance), verify["tolerance"]
     rows = verify["rows"]
     runtimes = " ".join(row["runtime"] for row in rows)
     assert all(name in runtimes for name in ("pycaffe", "OpenCV DNN 4.", "MNN", "ONNX Runtime")), runtimes
@@ -150,7 +180,8 @@ def test_demo_reaches_its_expected_map(demo_run):
 def test_two_trainings_on_one_machine_give_identical_weights(demo_run, tmp_path, monkeypatch):
     """What makes the guard's figures repeatable on one machine: one seed, the same weights bit for bit, with
     one data thread or two (every item's augmentation comes from its own random stream, patch 0040)."""
-    from ssdlite_coco.train.runner import TrainSettings, read_solver, train
+    from ssdlite_coco.train.runner import TrainRun, read_solver, train
+    from tests.support.train_settings import train_settings
 
     monkeypatch.chdir(demo_run)  # the nets name the LMDBs relative to the workflow
     solver = read_solver("results/model/solver.prototxt")
@@ -161,14 +192,15 @@ def test_two_trainings_on_one_machine_give_identical_weights(demo_run, tmp_path,
     weights = []
     for threads in (1, 2):
         out = tmp_path / f"threads{threads}"
-        settings = TrainSettings(
+        run = TrainRun(
             solver=tmp_path / "solver.prototxt",
             weights_out=out / "final.caffemodel",
             log_csv_out=out / "train_log.csv",
             snapshot_root=out / "snapshots",
-            data_threads=threads,
+            settings=train_settings(data_threads=threads),
+            threads=1,
         )
-        train(settings, log=lambda message: None)
+        train(run, log=lambda message: None)
         weights.append((out / "final.caffemodel").read_bytes())
     assert weights[0] == weights[1]
 

@@ -100,15 +100,17 @@ mkdir -p "$stage/bin" "$stage/lib/compat" "$stage/data" "$stage/nets" "$build/wo
 instances="$dataset/annotations/instances_mini.json"
 with_caffe=(env -u SSDLITE_CAFFE_DEVICE "$repo/scripts/with-caffe")
 log "labelmap, LMDB and nets with the project's scripts"
-"${with_caffe[@]}" python "$repo/scripts/make_labelmap.py" --trainval "$instances" --test "$instances" --mode coco81 \
+"${with_caffe[@]}" python "$repo/scripts/make_labelmap.py" --trainval "$instances" --test "$instances" \
+  --settings '{"mode": "coco81"}' \
   --labelmap-out "$stage/data/labelmap.prototxt" --trainval-name-size-out "$stage/data/name_size.txt" \
   --test-name-size-out "$build/work/test_name_size.txt" >&2
 "${with_caffe[@]}" python "$repo/scripts/build_lmdb.py" --instances "$instances" --images "$dataset/images" \
   --labelmap "$stage/data/labelmap.prototxt" --out "$stage/data/trainval_lmdb" \
-  --report-out "$build/work/lmdb_build.json" --shuffle-seed 1 --readers "$jobs" --no-progress >&2
+  --report-out "$build/work/lmdb_build.json" --split trainval \
+  --settings "{\"shuffle_seed\": 1, \"readers\": $jobs}" --no-progress >&2
 # Run from the bundle's root so that the nets name data/ relatively.
 (cd "$stage" && "${with_caffe[@]}" python "$repo/scripts/make_model.py" \
-  --model-config '{"train_batch_size": 24, "test_batch_size": 8}' --solver-config '{"random_seed": 1}' \
+  --model-settings '{"train_batch_size": 24, "test_batch_size": 8}' --solver-settings '{"random_seed": 1}' \
   --device cuda --labelmap data/labelmap.prototxt --name-size data/name_size.txt --test-instances "$instances" \
   --train-lmdb data/trainval_lmdb --test-lmdb data/trainval_lmdb \
   --out-train "$build/work/model/train.prototxt" --out-test "$build/work/model/test.prototxt" \

@@ -8,7 +8,6 @@ deleted, so nothing that looks valid is left behind.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -19,7 +18,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from ssdlite_coco.common.digests import file_digest
 from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.common.progress import progress_bar
 
 CHUNK_SIZE = 1 << 20
 USER_AGENT = "ssdlite-coco/1.0 (+python urllib)"
@@ -31,32 +32,6 @@ class DownloadError(SsdliteError):
 
 class _Interrupted(Exception):
     """A transfer stopped early; worth resuming."""
-
-
-def sha1_of(path: str | os.PathLike, progress: bool = False) -> str:
-    """The SHA-1 hex digest of a file, read in chunks."""
-    path = Path(path)
-    digest = hashlib.sha1()
-    with _progress_bar(path.stat().st_size, f"sha1 {path.name}", progress) as bar, path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_SIZE):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
-
-
-def _progress_bar(total: int | None, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        disable=not enabled,
-        file=sys.stderr,
-        mininterval=0.5 if sys.stderr.isatty() else 10.0,
-    )
 
 
 def part_path(dest: str | os.PathLike) -> Path:
@@ -125,7 +100,10 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
         received = offset
-        with part.open(mode) as stream, _progress_bar(total, part.name[: -len(".part")], progress) as bar:
+        with (
+            part.open(mode) as stream,
+            progress_bar(total=total, description=part.name[: -len(".part")], unit="B", enabled=progress) as bar,
+        ):
             bar.update(offset)
             while True:
                 try:
@@ -145,7 +123,8 @@ def download_file(
     url: str,
     dest: str | os.PathLike,
     sha1: str | None = None,
-    retries: int = 5,
+    *,
+    retries: int,
     timeout: float = 60.0,
     retry_wait: float = 2.0,
     progress: bool = True,
@@ -180,7 +159,7 @@ def download_file(
     if not part.exists():
         part.touch()
     if sha1:
-        actual = sha1_of(part, progress=progress)
+        actual = file_digest(part, "sha1", progress=progress)
         if actual.lower() != sha1.lower():
             size = part.stat().st_size
             part.unlink()

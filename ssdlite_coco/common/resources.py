@@ -14,15 +14,9 @@ The keys returned are the standard ones Snakemake and its SLURM executor plugin 
 
 from __future__ import annotations
 
-from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
 
 RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task", "gpus")
-
-
-def schema_resource_defaults() -> dict[str, int]:
-    """``resources.default`` of config/schema.yaml, for a config that lacks keys (one that was not validated)."""
-    return {key: schema_default(f"resources.default.{key}") for key in RESOURCE_KEYS}
 
 
 class ResourceConfigError(SsdliteError):
@@ -30,12 +24,11 @@ class ResourceConfigError(SsdliteError):
 
 
 def effective_resources(config: dict, rule_name: str) -> dict[str, int]:
-    """The four resource values for ``rule_name``: its overrides on top of ``resources.default``."""
-    section = config.get("resources") or {}
-    defaults = schema_resource_defaults()
-    defaults.update({key: value for key, value in (section.get("default") or {}).items() if value is not None})
-    overrides = (section.get("rules") or {}).get(rule_name) or {}
-    values = dict(defaults)
+    """The four resource values for ``rule_name`` in a validated config (schema defaults filled in): its
+    overrides on top of ``resources.default``."""
+    section = config["resources"]
+    overrides = section["rules"].get(rule_name) or {}
+    values = dict(section["default"])
     values.update({key: value for key, value in overrides.items() if value is not None})
     for key in RESOURCE_KEYS:
         value = values.get(key)

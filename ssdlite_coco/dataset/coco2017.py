@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ssdlite_coco.common.download import DownloadError, download_file, file_url
+from ssdlite_coco.common.progress import progress_bar
 from ssdlite_coco.dataset.coco_json import (
     DatasetError,
     check_instances,
@@ -34,15 +35,10 @@ ARCHIVE_PATHS = {
     "val2017": "zips/val2017.zip",
     "annotations_trainval2017": "annotations/annotations_trainval2017.zip",
 }
-ARCHIVE_SHA1 = {
-    "train2017": "10ad623668ab00c62c096f0ed636d6aff41faca5",
-    "val2017": "4950dc9d00dbe1c933ee0170f5797584351d2a41",
-    "annotations_trainval2017": "8551ee4bb5860311e79dace7e79cb91e432e78b3",
-}
 SPLIT_TO_COCO = {"trainval": "train2017", "test": "val2017"}
 
 
-def archive_url(archive: str, base_url: str = OFFICIAL_BASE_URL) -> str:
+def archive_url(archive: str, base_url: str) -> str:
     if archive not in ARCHIVE_PATHS:
         raise DatasetError(f"unknown COCO 2017 archive {archive!r}: use one of {', '.join(ARCHIVE_PATHS)}")
     return file_url(base_url, ARCHIVE_PATHS[archive])
@@ -77,8 +73,6 @@ def extract_split(
 ) -> int:
     """Extract ``{coco_split}/*.jpg`` from ``images_zip`` into ``out_images`` (flat) and the split's
     instances file from ``annotations_zip`` into ``out_instances``. Returns the number of images."""
-    from tqdm import tqdm
-
     out_images = Path(out_images)
     out_images.parent.mkdir(parents=True, exist_ok=True)
     prefix = f"{coco_split}/"
@@ -94,14 +88,7 @@ def extract_split(
             ]
             if not members:
                 raise DatasetError(f"{images_zip}: no files under {prefix}; is it {coco_split}.zip?")
-            for info in tqdm(
-                members,
-                desc=f"extract {coco_split}",
-                unit="img",
-                disable=not progress,
-                file=sys.stderr,
-                mininterval=0.5 if sys.stderr.isatty() else 10.0,
-            ):
+            for info in progress_bar(members, description=f"extract {coco_split}", unit="img", enabled=progress):
                 with (
                     archive.open(info) as source,
                     (images_dir / info.filename[len(prefix) :]).open("wb") as dest,
@@ -129,7 +116,7 @@ def load_instances_from_zip(annotations_zip: str | os.PathLike, coco_split: str)
     return data
 
 
-def image_url(image: dict[str, Any], coco_split: str, base_url: str = OFFICIAL_BASE_URL) -> str:
+def image_url(image: dict[str, Any], coco_split: str, base_url: str) -> str:
     """Where to fetch one image: its ``coco_url``, moved onto ``base_url`` when that is a mirror.
 
     Records without ``coco_url`` use ``{base_url}/{coco_split}/{file_name}``.
@@ -172,8 +159,9 @@ def fetch_subset(
     cache_dir: str | os.PathLike,
     out_instances: str | os.PathLike,
     out_images: str | os.PathLike,
-    base_url: str = OFFICIAL_BASE_URL,
-    retries: int = 5,
+    *,
+    base_url: str,
+    retries: int,
     progress: bool = True,
 ) -> dict[str, int]:
     """Publish ``count`` deterministically chosen images of ``coco_split`` and only their annotations.
@@ -181,8 +169,6 @@ def fetch_subset(
     Images are fetched one by one into ``cache_dir`` (kept across runs, so an interrupted fetch
     continues where it stopped), then copied into ``out_images``.
     """
-    from tqdm import tqdm
-
     if count <= 0:
         raise DatasetError(f"subset size {count} for {coco_split}: use a positive number of images")
     data = load_instances_from_zip(annotations_zip, coco_split)
@@ -193,14 +179,7 @@ def fetch_subset(
     del data
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for image in tqdm(
-        subset["images"],
-        desc=f"fetch {coco_split} subset",
-        unit="img",
-        disable=not progress,
-        file=sys.stderr,
-        mininterval=0.5 if sys.stderr.isatty() else 10.0,
-    ):
+    for image in progress_bar(subset["images"], description=f"fetch {coco_split} subset", unit="img", enabled=progress):
         cached = cache_dir / image["file_name"]
         if cached.is_file():
             continue

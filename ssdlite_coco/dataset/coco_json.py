@@ -167,7 +167,7 @@ def check_instances(data: dict[str, Any], source: str) -> None:
             raise DatasetError(f"{where} has iscrowd={annotation.get('iscrowd')!r}; use 0 or 1")
 
 
-def check_images(data: dict[str, Any], images_dir: str | os.PathLike, source: str, sample: int = 20) -> None:
+def check_images(data: dict[str, Any], images_dir: str | os.PathLike, source: str, sample: int) -> None:
     """Check that every image file exists and that an evenly spread sample of ``sample`` images opens.
 
     Opening checks that the file decodes and that its size matches the record's width and height.
@@ -211,9 +211,7 @@ def check_images(data: dict[str, Any], images_dir: str | os.PathLike, source: st
             )
 
 
-def validate_dataset(
-    instances_path: str | os.PathLike, images_dir: str | os.PathLike, sample: int = 20
-) -> dict[str, Any]:
+def validate_dataset(instances_path: str | os.PathLike, images_dir: str | os.PathLike, sample: int) -> dict[str, Any]:
     """Load and check a COCO-format dataset (structure, every file present, a sample decodes)."""
     data = read_coco_json(instances_path)
     check_instances(data, str(instances_path))
@@ -306,7 +304,7 @@ def prepare_local_split(
     images_dir: str | os.PathLike,
     out_instances: str | os.PathLike,
     out_images: str | os.PathLike,
-    sample: int = 20,
+    sample: int,
 ) -> dict[str, int]:
     """Validate a local COCO-format dataset and publish it as a split (images linked, not copied).
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ssdlite_coco.caffe_tools.prototxt import read_net
 from ssdlite_coco.common.atomic import atomic_write_text
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.evaluate.test_net import run_test_net
-from ssdlite_coco.labelmap import label_to_category, read_labelmap, read_name_size
+from ssdlite_coco.evaluate.test_split import TestSplit
+from ssdlite_coco.labelmap import label_to_category
 
 # Order of COCOeval.stats for iouType="bbox".
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -187,36 +187,16 @@ def add_detection_eval_per_class(per_class: list[dict], per_label_ap: dict[int, 
 
 
 def evaluate_test_split(
-    test_net_path: str | os.PathLike,
-    weights_path: str | os.PathLike,
-    lmdb_path: str | os.PathLike,
-    name_size_path: str | os.PathLike,
-    labelmap_path: str | os.PathLike,
-    instances_path: str | os.PathLike,
-    max_batch: int = 8,
-    strict: bool = True,
-    log=print,
-    data_threads: int = 1,
+    split: TestSplit, weights_path: str | os.PathLike, max_batch: int, data_threads: int, strict: bool = True, log=print
 ):
     """Run the test net over the test LMDB and score it: (metrics dict, COCO detections, TestNetResult)."""
-    result = run_test_net(
-        test_net_path,
-        weights_path,
-        lmdb_path,
-        name_size_path,
-        labelmap_path,
-        max_batch=max_batch,
-        strict=strict,
-        log=log,
-        data_threads=data_threads,
-    )
-    image_ids = [image_id for image_id, _, _ in read_name_size(name_size_path)]
+    result = run_test_net(split, weights_path, max_batch, data_threads, strict=strict, log=log)
     metrics = score_detections(
-        instances_path, result.detections, image_ids=image_ids, source=f"detections of {weights_path}"
+        split.instances, result.detections, image_ids=split.image_ids, source=f"detections of {weights_path}"
     )
     metrics["detection_eval"] = result.detection_eval
-    add_detection_eval_per_class(metrics["per_class"], result.per_label_ap, read_labelmap(labelmap_path))
+    add_detection_eval_per_class(metrics["per_class"], result.per_label_ap, split.labelmap_items)
     metrics["weights"] = str(weights_path)
-    metrics["net"] = read_net(test_net_path).name
+    metrics["net"] = split.net.name
     metrics["seconds"] = round(result.seconds, 2)
     return metrics, result.detections, result

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import time
@@ -21,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ssdlite_coco.caffe_tools.prototxt import format_prototxt, layers_of_type, read_net, single_layer
+from ssdlite_coco.caffe_tools.prototxt import format_prototxt, layers_of_type, single_layer
 from ssdlite_coco.caffe_tools.weights import WeightsError, copy_weights_by_name, read_caffemodel
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.common.formatting import format_duration
 from ssdlite_coco.evaluate.detection_eval import DetectionEvalAccumulator
-from ssdlite_coco.labelmap import label_to_category, read_labelmap, read_name_size
+from ssdlite_coco.evaluate.test_split import TestSplit
 from ssdlite_coco.lmdb.store import count_records
 
 
@@ -74,29 +75,21 @@ def largest_divisor_at_most(count: int, limit: int) -> int:
     return max(d for d in range(1, max(1, min(count, limit)) + 1) if count % d == 0)
 
 
-def prepare_test_net(
-    test_net_path: str | os.PathLike,
-    lmdb_path: str | os.PathLike,
-    name_size_path: str | os.PathLike,
-    num_images: int,
-    max_batch: int,
-    out_path: Path,
-    data_threads: int = 1,
-) -> int:
-    """Write a copy of the test net reading ``lmdb_path`` with a batch size that divides ``num_images``.
+def prepare_test_net(split: TestSplit, max_batch: int, out_path: Path, data_threads: int) -> int:
+    """Write a copy of the split's test net reading its LMDB with a batch size that divides its image count.
 
     Every image is then seen exactly once, and DetectionEvaluate's walk through the name-size file stays
     aligned with the LMDB; ``data_threads`` threads decode and transform a batch. Returns the batch size.
     """
-    net = read_net(test_net_path)
-    data = single_layer(net, "AnnotatedData", str(test_net_path))
-    batch = largest_divisor_at_most(num_images, max_batch)
-    data.data_param.source = str(Path(lmdb_path).resolve())
+    net = copy.deepcopy(split.net)
+    data = single_layer(net, "AnnotatedData", str(split.test_net))
+    batch = largest_divisor_at_most(len(split.image_sizes), max_batch)
+    data.data_param.source = str(split.lmdb.resolve())
     data.data_param.batch_size = batch
     data.data_param.threads = max(1, data_threads)
     for layer in layers_of_type(net, "DetectionEvaluate"):
-        layer.detection_evaluate_param.name_size_file = str(Path(name_size_path).resolve())
-    single_layer(net, "DetectionOutput", str(test_net_path))
+        layer.detection_evaluate_param.name_size_file = str(split.name_size.resolve())
+    single_layer(net, "DetectionOutput", str(split.test_net))
     out_path.write_text(format_prototxt(net))
     return batch
 
@@ -113,30 +106,26 @@ class TestNetResult:
 
 
 def run_test_net(
-    test_net_path: str | os.PathLike,
+    split: TestSplit,
     weights_path: str | os.PathLike,
-    lmdb_path: str | os.PathLike,
-    name_size_path: str | os.PathLike,
-    labelmap_path: str | os.PathLike,
-    max_batch: int = 8,
+    max_batch: int,
+    data_threads: int,
     ap_version: str = "11point",
     strict: bool = True,
     log=print,
-    data_threads: int = 1,
 ) -> TestNetResult:
-    """Run the test net with ``weights_path`` once over every LMDB record; COCO detections + detection_eval.
+    """Run the split's test net with ``weights_path`` once over every LMDB record; COCO detections + detection_eval.
 
     Weights are copied by layer name; with ``strict``, a net layer they do not fill (missing, or another
     shape) is an error, else it stays at its filler initialization and shows in ``copied``.
     """
     import caffe
 
-    image_sizes = read_name_size(name_size_path)
-    categories = label_to_category(read_labelmap(labelmap_path), str(labelmap_path))
-    entries = count_records(lmdb_path)
+    image_sizes, categories = split.image_sizes, split.categories
+    entries = count_records(split.lmdb)
     if entries != len(image_sizes):
         raise DetectionError(
-            f"{lmdb_path} holds {entries} records but {name_size_path} lists {len(image_sizes)} "
+            f"{split.lmdb} holds {entries} records but {split.name_size} lists {len(image_sizes)} "
             "images; build both from the same split (labelmap and lmdb rules)"
         )
     weights_path = Path(weights_path)
@@ -144,9 +133,7 @@ def run_test_net(
         raise DetectionError(f"{weights_path}: weights file not found")
     with tempfile.TemporaryDirectory(prefix="ssdlite-test-net-") as tmp:
         net_file = Path(tmp) / "test.prototxt"
-        batch = prepare_test_net(
-            test_net_path, lmdb_path, name_size_path, len(image_sizes), max_batch, net_file, data_threads
-        )
+        batch = prepare_test_net(split, max_batch, net_file, data_threads)
         net = caffe.Net(str(net_file), caffe.TEST)
     try:
         copied = copy_weights_by_name(net, read_caffemodel(weights_path))
@@ -159,12 +146,11 @@ def run_test_net(
             f"{row.layer} ({row.status}: {row.weights_shapes} vs {row.net_shapes})" for row in unfilled[:3]
         )
         raise DetectionError(
-            f"{weights_path} does not fill {len(unfilled)} layers of {test_net_path}: {shown}; "
+            f"{weights_path} does not fill {len(unfilled)} layers of {split.test_net}: {shown}; "
             "evaluate weights trained for this net (same model settings and labelmap)"
         )
-    net_param = read_net(test_net_path)
-    output_name = layers_of_type(net_param, "DetectionOutput")[0].top[0]
-    eval_layers = layers_of_type(net_param, "DetectionEvaluate")
+    output_name = layers_of_type(split.net, "DetectionOutput")[0].top[0]
+    eval_layers = layers_of_type(split.net, "DetectionEvaluate")
     eval_name = eval_layers[0].top[0] if eval_layers else None
     accumulator = DetectionEvalAccumulator()
     detections: list[dict[str, Any]] = []

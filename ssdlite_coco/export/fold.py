@@ -177,18 +177,6 @@ def fold_deploy(deploy_prototxt: str | os.PathLike, weights: str | os.PathLike):
     return folded_param, folded_params, folded
 
 
-def export_deploy(
-    deploy_prototxt: str | os.PathLike,
-    weights: str | os.PathLike,
-    out_prototxt: str | os.PathLike,
-    out_weights: str | os.PathLike,
-) -> list[FoldedLayer]:
-    """Write the folded deploy prototxt and caffemodel (each atomically); returns the folded chains."""
-    folded_param, folded_params, folded = fold_deploy(deploy_prototxt, weights)
-    save_net(folded_param, folded_params, out_prototxt, out_weights)
-    return folded
-
-
 def input_shape(prototxt: str | os.PathLike) -> tuple[int, int, int]:
     """(channels, height, width) of a deploy net's Input layer."""
     net = read_net(prototxt)

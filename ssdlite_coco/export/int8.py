@@ -28,6 +28,7 @@ from ssdlite_coco.export.preprocess import preprocess_as, transform_settings
 from ssdlite_coco.export.quantize import Int8Error, Variant, quantize_mnn, quantize_onnx, read_calibration
 from ssdlite_coco.export.runtime_check import machine, versions
 from ssdlite_coco.export.runtimes import MnnHeadsRuntime, OnnxRuntime, RuntimeLoadError, ToolchainRuntime
+from ssdlite_coco.export.settings import Int8Settings
 from ssdlite_coco.export.stage import coco_scorer, split_images
 from ssdlite_coco.export.verify import run_all
 
@@ -77,10 +78,12 @@ HEAD_RUNTIMES = {"onnxruntime": OnnxRuntime, "mnn": MnnHeadsRuntime}
 TOOLCHAIN_BASES = {"rknn": "default"}
 
 
-def toolchain_models(paths: ExportPaths, variants: list[Variant], models_dir: Path, options: dict, log) -> dict:
+def toolchain_models(
+    paths: ExportPaths, variants: list[Variant], models_dir: Path, settings: Int8Settings, threads: int, log
+) -> dict:
     """The edge toolchains' INT8 variants and their unquantized base row, each loaded in its worker (which
     converts, quantizes and keeps the model in ``models_dir``/<variant>/): name -> {runtime, path, seconds}."""
-    priors, settings = np.load(paths.priors), json.loads(paths.decode.read_text())
+    priors, decode = np.load(paths.priors), json.loads(paths.decode.read_text())
     wanted = [variant for variant in variants if variant.runtime in TOOLCHAIN_BASES]
     jobs = {f"{name}/float16": (name, TOOLCHAIN_BASES[name], {}) for name in {v.runtime for v in wanted}}
     for variant in wanted:
@@ -88,10 +91,10 @@ def toolchain_models(paths: ExportPaths, variants: list[Variant], models_dir: Pa
     models: dict[str, dict[str, Any]] = {}
     for name, (toolchain, precision, quantization) in jobs.items():
         work_dir = models_dir / name.replace("/", "-")
-        target = {"target": options["rknn_target"]} if toolchain == "rknn" else {}
+        target = {"target": settings.rknn_target} if toolchain == "rknn" else {}
         try:
             runtime = ToolchainRuntime(
-                toolchain, precision, paths.root, work_dir, priors, settings, options["threads"], target | quantization
+                toolchain, precision, paths.root, work_dir, priors, decode, threads, target | quantization
             )
         except RuntimeLoadError as error:  # the toolchain's own failure is a result: its row says so
             models[name] = {"error": str(error)}
@@ -130,13 +133,14 @@ def _row(name: str, model: dict, tally, scored: dict, latency: dict) -> dict[str
     }
 
 
-def evaluate_models(models: dict, inputs: Int8Inputs, images, paths: ExportPaths, transform, options) -> list[dict]:
+def evaluate_models(
+    models: dict, inputs: Int8Inputs, images, paths: ExportPaths, transform, settings: Int8Settings, threads: int
+) -> list[dict]:
     """One row per model: ``images`` through it, ``decode_detections`` and COCO scoring (FP32 ONNX: the reference)."""
     priors = np.load(paths.priors)
-    settings = json.loads(paths.decode.read_text())
-    threads = options["threads"]
+    decode = json.loads(paths.decode.read_text())
     runtimes = {
-        name: model.get("runtime") or HEAD_RUNTIMES[name.split("/")[0]](model["path"], priors, settings, threads)
+        name: model.get("runtime") or HEAD_RUNTIMES[name.split("/")[0]](model["path"], priors, decode, threads)
         for name, model in models.items()
         if "path" in model
     }
@@ -144,16 +148,16 @@ def evaluate_models(models: dict, inputs: Int8Inputs, images, paths: ExportPaths
     input_hw = input_shape(inputs.deploy_net)[1:]
     others = {name: runtime for name, runtime in runtimes.items() if name != ONNX_FP32}
     tallies, reference_tally = run_all(
-        others, runtimes[ONNX_FP32], images, transform, input_hw, options["score_threshold"], to_coco
+        others, runtimes[ONNX_FP32], images, transform, input_hw, settings.match_score_threshold, to_coco
     )
     tallies[ONNX_FP32] = reference_tally
     first = preprocess_as(images[0].path, transform, input_hw)
     rows = []
     for name, runtime in runtimes.items():
-        latency = runtime.latency(first, options["latency_runs"])
+        latency = runtime.latency(first, settings.latency_runs)
         rows.append(_row(name, models[name], tallies[name], score(tallies[name].coco, name), latency))
     for runtime in runtimes.values():
-        if isinstance(runtime, ToolchainRuntime):
+        if hasattr(runtime, "close"):
             runtime.close()
     base_ap = {row["runtime"]: row["AP"] for row in rows if row["precision"] != "int8"}
     for row in rows:
@@ -173,40 +177,40 @@ def probe_arrays(inputs: Int8Inputs, transform: dict, count: int) -> list[np.nda
     return [preprocess_as(image.path, transform, input_hw)[None] for image in images]
 
 
-def run_int8(inputs: Int8Inputs, out_dir: Path, options: dict[str, Any], log=print) -> dict[str, Any]:
+def run_int8(inputs: Int8Inputs, out_dir: Path, settings: Int8Settings, threads: int, log=print) -> dict[str, Any]:
     """Quantize, evaluate and write ``out_dir``/{models/, int8.json, int8.md}; the result (with its verdict)."""
     paths = ExportPaths(inputs.export_dir)
     calibration = inputs.calibration or inputs.export_dir / "calibration"
     arrays = read_calibration(calibration)
     transform = transform_settings(inputs.test_net)
-    variants = [Variant.parse(text) for text in options["variants"]]
+    variants = [Variant.parse(text) for text in settings.int8_variants]
     log(f"calibration: {len(arrays)} images from {calibration}")
     with atomic_path(out_dir / "models", directory=True) as models_dir:
         own = [variant for variant in variants if variant.runtime in HEAD_RUNTIMES]
-        models = quantize_all(paths, own, arrays, transform, models_dir, options["activations"], log)
-        models |= toolchain_models(paths, variants, models_dir, options, log)
-        images = split_images(inputs.instances, inputs.images, options["verify_images"])
-        rows = evaluate_models(models, inputs, images, paths, transform, options)
+        models = quantize_all(paths, own, arrays, transform, models_dir, settings.int8_activations, log)
+        models |= toolchain_models(paths, variants, models_dir, settings, threads, log)
+        images = split_images(inputs.instances, inputs.images, settings.verify_images)
+        rows = evaluate_models(models, inputs, images, paths, transform, settings, threads)
         probes = probe_arrays(inputs, transform, LAYER_ERROR_IMAGES)
         layers = {
-            variant.name: layer_errors(paths.onnx, models[variant.name]["path"], probes, options["threads"])[:10]
+            variant.name: layer_errors(paths.onnx, models[variant.name]["path"], probes, threads)[:10]
             for variant in variants
             if variant.runtime == "onnxruntime" and "path" in models[variant.name]
         }
     result = {
         "rows": rows,
         "layers": layers,
-        "max_ap_drop": options["max_ap_drop"],
+        "max_ap_drop": settings.int8_max_ap_drop,
         "calibration": {"folder": str(calibration), "images": len(arrays)},
-        "onnxruntime_activations": options["activations"],
+        "onnxruntime_activations": settings.int8_activations,
         "layer_error_images": len(probes),
         "images": len(images),
-        "threads": options["threads"],
-        "latency": f"batch 1, median of {options['latency_runs']} runs after 5 warm-up runs, decode included",
+        "threads": threads,
+        "latency": f"batch 1, median of {settings.latency_runs} runs after 5 warm-up runs, decode included",
         "machine": machine(),
         "versions": versions(),
     }
-    result["verdict"] = verdict_of(rows, layers, options["max_ap_drop"])
+    result["verdict"] = verdict_of(rows, layers, settings.int8_max_ap_drop)
     atomic_write_text(out_dir / "int8.json", json.dumps(result, indent=2, default=str) + "\n")
     atomic_write_text(out_dir / "int8.md", format_int8_table(result))
     log((out_dir / "int8.md").read_text())

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from ssdlite_coco.common.atomic import atomic_write_text
-from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.export.make import ExportPaths
 from ssdlite_coco.export.preprocess import preprocess_as
 from ssdlite_coco.export.runtimes import (
@@ -25,19 +24,34 @@ from ssdlite_coco.export.runtimes import (
     PycaffeRuntime,
     ToolchainRuntime,
 )
+from ssdlite_coco.export.settings import ExportSettings
 from ssdlite_coco.export.verify import ImageCase, failures_of, format_table, row_of, run_all
 
 REFERENCE = "pycaffe (trained net)"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckSettings:
-    threads: int = 1
-    tolerance: float = schema_default("export.tolerance")
-    ap_tolerance: float = schema_default("export.ap_tolerance")
-    latency_runs: int = schema_default("export.latency_runs")
-    score_threshold: float = schema_default("export.match_score_threshold")
-    reduced_ap_tolerance: float = schema_default("export.reduced_precision_ap_tolerance")
+    """How the runtimes are judged: ``tolerance`` is the allowance the fold check measured, not the key's floor."""
+
+    threads: int
+    tolerance: float
+    ap_tolerance: float
+    latency_runs: int
+    score_threshold: float
+    reduced_ap_tolerance: float
+
+    @classmethod
+    def of(cls, settings: ExportSettings, threads: int, tolerance: float | None = None) -> CheckSettings:
+        """The check's settings from the stage's (``tolerance``: the measured allowance; default the key's floor)."""
+        return cls(
+            threads,
+            settings.tolerance if tolerance is None else tolerance,
+            settings.ap_tolerance,
+            settings.latency_runs,
+            settings.match_score_threshold,
+            settings.reduced_precision_ap_tolerance,
+        )
 
 
 def versions() -> dict[str, str]:
@@ -62,7 +76,7 @@ class CheckContext:
     heads: dict[str, Any]
     scratch: Path  # temporary files (MNN's converted models)
     threads: int
-    rknn_target: str = schema_default("export.rknn_target")
+    rknn_target: str
 
     def caffe(self, runtime: type, net: tuple[Path, Path]) -> Callable:
         num_classes = self.heads["settings"]["num_classes"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from ssdlite_coco.export.runtime_check import (
     write_verify,
 )
 from ssdlite_coco.export.runtimes import PycaffeRuntime
+from ssdlite_coco.export.settings import ExportSettings
 from ssdlite_coco.export.verify import ImageCase, VerifyError
 
 
@@ -66,20 +66,25 @@ def coco_scorer(instances: Path, labelmap: Path, images: list[ImageCase]):
     return to_coco, score
 
 
-def run_export(inputs: ExportInputs, out_dir: Path, options: dict[str, Any], log=print) -> dict[str, Any]:
-    """Write every export output under ``out_dir``; raise VerifyError naming the first disagreeing runtime."""
+def run_export(
+    inputs: ExportInputs, out_dir: Path, settings: ExportSettings, threads: int, rewrite: bool = True, log=print
+) -> dict[str, Any]:
+    """Write every export output under ``out_dir``; raise VerifyError naming the first disagreeing runtime.
+
+    ``threads``: of every runtime; ``rewrite=False`` skips the runtime-safe rewrites (to see a runtime fail).
+    """
     paths = ExportPaths(out_dir)
     transform = transform_settings(inputs.test_net)
     _, height, width = input_shape(inputs.deploy_net)
-    deploy = make_deploy(inputs.deploy_net, inputs.weights, paths, options.get("rewrite", True))
+    deploy = make_deploy(inputs.deploy_net, inputs.weights, paths, rewrite)
     log(f"folded {len(deploy['folded'])} Convolution+BatchNorm(+Scale) chains; {len(deploy['rewrites'])} rewrites")
     for rewrite in deploy["rewrites"]:
         log(f"  rewrite {rewrite.layer}: {rewrite.detail}")
-    fold_images = [image.path for image in split_images(inputs.instances, inputs.images, options["fold_check_images"])]
+    fold_images = [image.path for image in split_images(inputs.instances, inputs.images, settings.fold_check_images)]
     fold = check_folding(
         inputs.deploy_net, inputs.weights, *paths.deploy, deploy["folded"], fold_images, **_transform_args(transform)
     )
-    failure = judge_folding(fold, options["fold_tolerance"], options["fold_noise_factor"])
+    failure = judge_folding(fold, settings.fold_tolerance, settings.fold_noise_factor)
     fold.update(folded=[vars(f) for f in deploy["folded"]])
     fold.update(rewrites=[vars(r) for r in deploy["rewrites"]], images=[str(p) for p in fold_images])
     fold["preprocessing"] = transform
@@ -97,13 +102,13 @@ def run_export(inputs: ExportInputs, out_dir: Path, options: dict[str, Any], log
     calibration = split_images(
         inputs.calibration_instances or inputs.instances,
         inputs.calibration_images or inputs.images,
-        options["calibration_images"],
+        settings.calibration_images,
     )
     count = write_calibration(
         [image.path for image in calibration], transform, (height, width), out_dir / "calibration"
     )
     log(f"calibration: {count} preprocessed images of {inputs.calibration_instances or inputs.instances}")
-    images = split_images(inputs.instances, inputs.images, options.get("verify_images", 0))
+    images = split_images(inputs.instances, inputs.images, settings.verify_images)
     scorer = coco_scorer(inputs.instances, inputs.labelmap, images) if inputs.labelmap else None
     reference = PycaffeRuntime(
         None,
@@ -113,17 +118,13 @@ def run_export(inputs: ExportInputs, out_dir: Path, options: dict[str, Any], log
         heads["settings"]["num_classes"],
         net=load_net_params(inputs.deploy_net, inputs.weights),
     )
-    settings = CheckSettings(
-        **{k: options[k] for k in ("threads", "ap_tolerance", "latency_runs", "score_threshold")},
-        tolerance=noise_allowance(fold, options["tolerance"]),
-        reduced_ap_tolerance=options["reduced_ap_tolerance"],
-    )
+    check = CheckSettings.of(settings, threads, noise_allowance(fold, settings.tolerance))
     with tempfile.TemporaryDirectory() as workdir:
-        context = CheckContext(paths, heads, Path(workdir), settings.threads, options["rknn_target"])
-        factories = runtime_factories(options["runtimes"], context)
-        result = check_runtimes(reference, factories, images, transform, (height, width), settings, scorer)
+        context = CheckContext(paths, heads, Path(workdir), threads, settings.rknn_target)
+        factories = runtime_factories(settings.runtimes, context)
+        result = check_runtimes(reference, factories, images, transform, (height, width), check, scorer)
     result.update(
-        tolerance_floor=options["tolerance"], reference_noise=fold["reference_noise"]["max_relative_difference"]
+        tolerance_floor=settings.tolerance, reference_noise=fold["reference_noise"]["max_relative_difference"]
     )
     write_verify(result, deploy["rewrites"], out_dir / "verify.json", out_dir / "verify.md")
     log((out_dir / "verify.md").read_text())
@@ -134,7 +135,3 @@ def run_export(inputs: ExportInputs, out_dir: Path, options: dict[str, Any], log
 
 def _transform_args(transform: dict[str, Any]) -> dict[str, Any]:
     return {"mean": transform["mean"], "scale": transform["scale"], "interpolation": transform["interpolation"]}
-
-
-def default_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS", "1"))

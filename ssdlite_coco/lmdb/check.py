@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ssdlite_coco.common.atomic import atomic_path
-from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.dataset.coco_json import load_instances
 from ssdlite_coco.labelmap import category_to_label, label_display_names, read_labelmap
 from ssdlite_coco.lmdb.image_bytes import ImageDataError, decode_image
 from ssdlite_coco.lmdb.records import ImageRecord, plan_records
+from ssdlite_coco.lmdb.settings import CheckSettings
 from ssdlite_coco.lmdb.store import count_records, iter_records
 
 COORD_TOLERANCE = 1e-6
@@ -238,7 +238,7 @@ def check_lmdb(
     instances: str | os.PathLike,
     labelmap: str | os.PathLike,
     out_dir: str | os.PathLike,
-    readers: int = schema_default("lmdb.readers"),
+    settings: CheckSettings,
 ) -> dict[str, Any]:
     """Verify the LMDB (see module doc), write the stats and the sample picture; return the summary."""
     lmdb_dir = Path(lmdb_dir)
@@ -261,7 +261,9 @@ def check_lmdb(
     count_problems = []
     if total != len(image_ids):
         count_problems.append(f"{lmdb_dir}: {total} records, the build report {report_path} lists {len(image_ids)}")
-    tally = _scan_records(lmdb_dir, image_ids, expected, {item.label for item in items}, str(instances), readers)
+    tally = _scan_records(
+        lmdb_dir, image_ids, expected, {item.label for item in items}, str(instances), settings.readers
+    )
     problems = count_problems + tally.problems
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""

@@ -24,7 +24,6 @@ import json
 import os
 import random
 import shutil
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,15 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
-from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.common.progress import progress_bar
 from ssdlite_coco.dataset.coco_json import load_instances
 from ssdlite_coco.labelmap import category_to_label, read_labelmap
 from ssdlite_coco.lmdb.image_bytes import ImageDataError, prepare_image_bytes
-from ssdlite_coco.lmdb.records import CROWD_POLICIES, BadRecord, ImageRecord, plan_records
+from ssdlite_coco.lmdb.records import BadRecord, ImageRecord, plan_records
+from ssdlite_coco.lmdb.settings import BuildSettings
 from ssdlite_coco.lmdb.store import AppendWriter
 
-BAD_RECORD_POLICIES = ("stop", "skip")
 MiB = 1 << 20
 
 
@@ -50,24 +49,15 @@ class LmdbBuildError(SsdliteError):
 
 @dataclass(frozen=True)
 class BuildOptions:
-    crowd: str = schema_default("lmdb.crowd")
-    min_box_size: float = schema_default("lmdb.min_box_size")
-    on_bad_record: str = schema_default("lmdb.on_bad_record")
-    shuffle_seed: int | None = None
-    readers: int = schema_default("lmdb.readers")
+    """How one split is built: its `lmdb` settings, the split (trainval is shuffled) and the progress bar."""
+
+    settings: BuildSettings
+    split: str
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        if self.crowd not in CROWD_POLICIES:
-            raise LmdbBuildError(f"lmdb.crowd is {self.crowd!r}; use one of {', '.join(CROWD_POLICIES)}")
-        if self.on_bad_record not in BAD_RECORD_POLICIES:
-            raise LmdbBuildError(
-                f"lmdb.on_bad_record is {self.on_bad_record!r}; use one of {', '.join(BAD_RECORD_POLICIES)}"
-            )
-        if self.min_box_size < 0:
-            raise LmdbBuildError(f"lmdb.min_box_size is {self.min_box_size}; use a size >= 0 (pixels)")
-        if self.readers < 1:
-            raise LmdbBuildError(f"lmdb readers is {self.readers}; use 1 or more")
+    @property
+    def shuffle_seed(self) -> int | None:
+        return self.settings.shuffle_seed_of(self.split)
 
 
 def record_key(index: int, image_id: int) -> bytes:
@@ -260,9 +250,9 @@ def _build_report(instances, images_dir, labelmap, options: BuildOptions, num_im
         "images_dir": str(images_dir),
         "labelmap": str(labelmap),
         "options": {
-            "crowd": options.crowd,
-            "min_box_size": options.min_box_size,
-            "on_bad_record": options.on_bad_record,
+            "crowd": options.settings.crowd,
+            "min_box_size": float(options.settings.min_box_size),  # 8.0 whether the config says 8 or 8.0
+            "on_bad_record": options.settings.on_bad_record,
             "shuffle_seed": options.shuffle_seed,
         },
         "images_in_annotation_file": num_images,
@@ -282,7 +272,7 @@ def build_lmdb(
     labelmap: str | os.PathLike,
     out_lmdb: str | os.PathLike,
     out_report: str | os.PathLike,
-    options: BuildOptions = BuildOptions(),
+    options: BuildOptions,
 ) -> dict[str, Any]:
     """Build ``out_lmdb`` from a COCO split and write ``out_report`` (JSON); return the report.
 
@@ -297,11 +287,11 @@ def build_lmdb(
         coco,
         category_to_label(items),
         source,
-        crowd=options.crowd,
-        min_box_size=options.min_box_size,
+        crowd=options.settings.crowd,
+        min_box_size=options.settings.min_box_size,
         labelmap_source=f"the labelmap {labelmap}",
     )
-    if plan.bad and options.on_bad_record == "stop":
+    if plan.bad and options.settings.on_bad_record == "stop":
         raise LmdbBuildError(_stop_message(plan.bad[0]))
     if not images_dir.is_dir():
         raise LmdbBuildError(f"{images_dir}: images folder not found; run the dataset stage or fix the path")
@@ -313,12 +303,14 @@ def build_lmdb(
     check_free_space(out_lmdb, needed)
     with atomic_path(out_lmdb, directory=True) as tmp:
         writer = AppendWriter(tmp, estimate_map_size(ordered, images_dir))
-        progress = _progress(len(ordered), f"lmdb {out_lmdb.name}", options.progress)
+        progress = progress_bar(
+            total=len(ordered), description=f"lmdb {out_lmdb.name}", unit="img", enabled=options.progress
+        )
         try:
-            for result in _read_in_order(ordered, images_dir, source, options.readers):
+            for result in _read_in_order(ordered, images_dir, source, options.settings.readers):
                 progress.update(1)
                 if result.bad is not None:
-                    if options.on_bad_record == "stop":
+                    if options.settings.on_bad_record == "stop":
                         raise LmdbBuildError(_stop_message(result.bad))
                     bad.append(result.bad)
                     continue
@@ -344,19 +336,3 @@ def build_lmdb(
         )
         atomic_write_text(out_report, json.dumps(report, indent=1) + "\n")
     return report
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, description: str, enabled: bool):
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="img", file=sys.stderr, mininterval=2.0)

@@ -9,11 +9,10 @@ sizes 150 ... 300), as in the published SSDLite COCO nets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from caffe.proto import caffe_pb2
 
-from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.model.layers import NetWriter
 from ssdlite_coco.model.mobilenetv2 import BackboneOutputs, make_divisible
 
@@ -44,18 +43,16 @@ class FeatureMap:
 
 @dataclass(frozen=True)
 class PriorDesign:
-    """Prior sizes and shapes of the six maps: the ``model.priors`` config keys (defaults: the published nets').
+    """Prior sizes and shapes of the six maps: the ``model.priors`` config keys.
 
     Min sizes run linearly from ``min_ratio`` (first map) to ``max_ratio`` (last map) percent of the input side;
     every map but the first also has a max size (the next map's min size, 100 % for the last); each map has its
     ``aspect_ratios`` (all > 1, each also flipped) besides the square priors.
     """
 
-    min_ratio: float = schema_default("model.priors.min_ratio")
-    max_ratio: float = schema_default("model.priors.max_ratio")
-    aspect_ratios: tuple[tuple[float, ...], ...] = field(
-        default_factory=lambda: schema_default("model.priors.aspect_ratios")
-    )
+    min_ratio: float
+    max_ratio: float
+    aspect_ratios: tuple[tuple[float, ...], ...]
 
     def __post_init__(self):
         ratios = tuple(tuple(float(ratio) for ratio in ratios) for ratios in self.aspect_ratios)
@@ -95,9 +92,8 @@ class DetectionSettings:
     keep_top_k: int
 
 
-def prior_sizes(input_size: int, design: PriorDesign | None = None) -> list[tuple[float, float | None]]:
+def prior_sizes(input_size: int, design: PriorDesign) -> list[tuple[float, float | None]]:
     """(min_size, max_size) of the six maps for a square input of ``input_size`` pixels."""
-    design = design or PriorDesign()
     step = (design.max_ratio - design.min_ratio) / (NUM_MAPS - 1)
     percents = [design.min_ratio + index * step for index in range(NUM_MAPS)] + [LAST_MAX_SIZE_PERCENT]
     sizes = [p * input_size / 100 for p in percents]
@@ -120,9 +116,9 @@ def build_feature_maps(
     writer: NetWriter,
     backbone: BackboneOutputs,
     input_size: int,
-    width: float = 1.0,
-    bn: str = "explicit",
-    design: PriorDesign | None = None,
+    width: float,
+    bn: str,
+    design: PriorDesign,
 ) -> list[FeatureMap]:
     """Write the extra layers after ``Conv_1``; return the six maps SSDLite predicts from."""
     blobs = [
@@ -135,7 +131,6 @@ def build_feature_maps(
         x = writer.conv_unit(f"layer_19_2_{index}/depthwise", x, mid, kernel=3, stride=2, group=mid, bn=bn)
         x = writer.conv_unit(f"layer_19_2_{index}", x, out, kernel=1, bn=bn)
         blobs.append((x, out))
-    design = design or PriorDesign()
     sizes = prior_sizes(input_size, design)
     return [
         FeatureMap(blob, channels, writer.sizes.get(blob), min_size, max_size, ratios)
@@ -190,7 +185,7 @@ def add_multibox_loss(
     priorbox: str,
     label: str,
     num_classes: int,
-    conf_loss: str = "logistic",
+    conf_loss: str,
 ) -> None:
     layer = writer.layer("mbox_loss", "MultiBoxLoss", [loc, conf, priorbox, label], ["mbox_loss"])
     layer.include.add(phase=caffe_pb2.TRAIN)
@@ -216,7 +211,7 @@ def add_multibox_loss(
     param.mining_type = caffe_pb2.MultiBoxLossParameter.MAX_NEGATIVE
 
 
-def add_conf_scores(writer: NetWriter, conf: str, num_classes: int, conf_loss: str = "logistic") -> str:
+def add_conf_scores(writer: NetWriter, conf: str, num_classes: int, conf_loss: str) -> str:
     """Per-prior class scores: reshape to (N, priors, classes), sigmoid or softmax, flatten back."""
     reshape = writer.layer("mbox_conf_reshape", "Reshape", [conf], ["mbox_conf_reshape"])
     reshape.reshape_param.shape.dim.extend([0, -1, num_classes])

@@ -24,10 +24,10 @@ class NetWriter:
     def __init__(
         self,
         net: caffe_pb2.NetParameter,
-        activation: str = "relu6",
-        padding: str = "caffe",
-        bn_moving_average_fraction: float = 0.999,
-        bn_eps: float = 0.001,
+        activation: str,
+        padding: str,
+        bn_moving_average_fraction: float,
+        bn_eps: float,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
@@ -133,7 +133,8 @@ class NetWriter:
         kernel: int = 1,
         stride: int = 1,
         group: int = 1,
-        bn: str = "explicit",
+        *,
+        bn: str,
         act: bool = True,
     ) -> str:
         """Convolution, BatchNorm + Scale (``bn="explicit"``) or a bias (``bn="folded"``), activation."""

@@ -32,18 +32,12 @@ from ssdlite_coco.model.nets import (
     supports_augmentation,
 )
 from ssdlite_coco.model.patcher import PatchSettings, patch_net, patch_solver
-from ssdlite_coco.model.solver import (
-    HAND_RUN_SNAPSHOT_PREFIX,
-    SolverOptions,
-    build_solver,
-    count_test_iterations,
-)
+from ssdlite_coco.model.settings import ModelSettings, SolverSettings
+from ssdlite_coco.model.solver import HAND_RUN_SNAPSHOT_PREFIX, build_solver, count_test_iterations
 
 MODEL_FILES = ("train", "test", "deploy", "solver")
 # In mode patch, the solver settings that the config decides (everything else is the user's solver's).
 SOLVER_KEYS_FROM_CONFIG = ("max_iter", "snapshot", "test_interval")
-# Config keys of the `model` section that are not generator options.
-WORKFLOW_KEYS = ("mode", "num_classes", "patch", "prior_coverage_warn_below")
 
 
 def count_test_images(instances_file: str | os.PathLike) -> int:
@@ -93,11 +87,7 @@ def _header(lines: list[str]) -> str:
 
 
 def generate_model(
-    model: ModelOptions,
-    solver_options: SolverOptions,
-    paths: dict[str, str],
-    num_test_images: int,
-    device: str = "cpu",
+    model: ModelOptions, solver_settings: SolverSettings, paths: dict[str, str], num_test_images: int, device: str
 ) -> tuple[dict[str, str], dict]:
     """Texts of train, test, deploy and solver prototxts, and what was resolved, for ``model``."""
     description = (
@@ -107,7 +97,7 @@ def generate_model(
     )
     texts = {role: format_prototxt(build_net(model, role), _header([description, f"{role} net"])) for role in ROLES}
     test_iter = count_test_iterations(num_test_images, model.test_batch_size)
-    solver = build_solver(solver_options, paths["train"], paths["test"], test_iter, device)
+    solver = build_solver(solver_settings, device, paths["train"], paths["test"], test_iter)
     texts["solver"] = format_prototxt(
         solver,
         _header(
@@ -133,10 +123,10 @@ def generate_model(
 def patch_model(
     sources: dict[str, str],
     settings: PatchSettings,
-    solver_options: SolverOptions,
+    solver_settings: SolverSettings,
     paths: dict[str, str],
     num_test_images: int,
-    device: str = "cpu",
+    device: str,
 ) -> tuple[dict[str, str], dict]:
     """Texts of the user's train, test, deploy and solver prototxts patched onto this workflow's data."""
     missing = [role for role in MODEL_FILES if not sources.get(role)]
@@ -161,9 +151,9 @@ def patch_model(
         test_iter,
         HAND_RUN_SNAPSHOT_PREFIX,
         device,
-        solver_options.test_interval,
+        solver_settings.test_interval,
         where=str(sources["solver"]),
-        from_config={key: getattr(solver_options, key) for key in SOLVER_KEYS_FROM_CONFIG},
+        from_config={key: getattr(solver_settings, key) for key in SOLVER_KEYS_FROM_CONFIG},
     )
     warnings += solver_warnings
     warnings.append(
@@ -194,7 +184,7 @@ class ModelInputs:
     test_instances: str
     train_lmdb: str
     test_lmdb: str
-    device: str = "cpu"
+    device: str  # train.device
 
 
 def runtime_layer_types() -> frozenset[str]:
@@ -204,52 +194,35 @@ def runtime_layer_types() -> frozenset[str]:
 
 
 def build_model_texts(
-    model_config: dict[str, Any], solver_config: dict[str, Any], inputs: ModelInputs, outputs: dict[str, str]
+    settings: ModelSettings, solver: SolverSettings, inputs: ModelInputs, outputs: dict[str, str]
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """The four prototxt texts and the record of what was resolved (not yet written anywhere)."""
-    mode = model_config.get("mode", "generate")
-    num_classes = resolve_num_classes(model_config.get("num_classes", "auto"), inputs.labelmap)
+    num_classes = resolve_num_classes(settings.num_classes, inputs.labelmap)
     num_test_images = count_test_images(inputs.test_instances)
-    solver_options = SolverOptions.from_dict(solver_config)
-    options = {key: value for key, value in model_config.items() if key not in WORKFLOW_KEYS}
-    model = ModelOptions.from_dict(
-        options
-        | {
-            "num_classes": num_classes,
-            "train_source": inputs.train_lmdb,
-            "test_source": inputs.test_lmdb,
-            "label_map_file": inputs.labelmap,
-            "name_size_file": inputs.name_size,
-        }
+    model = ModelOptions.from_settings(
+        settings,
+        num_classes,
+        train_source=inputs.train_lmdb,
+        test_source=inputs.test_lmdb,
+        label_map_file=inputs.labelmap,
+        name_size_file=inputs.name_size,
     )
-    if mode == "generate":
-        texts, resolved = generate_model(model, solver_options, outputs, num_test_images, inputs.device)
-    elif mode == "patch":
-        types = runtime_layer_types()
-        settings = PatchSettings(
-            num_classes=num_classes,
-            label_map_file=inputs.labelmap,
-            train_source=inputs.train_lmdb,
-            test_source=inputs.test_lmdb,
-            train_batch_size=model.train_batch_size,
-            test_batch_size=model.test_batch_size,
-            name_size_file=inputs.name_size,
-            relu6_supported="ReLU6" in types,
-            known_layer_types=types,
+    patching = settings.mode == "patch"
+    if patching:
+        texts, resolved = patch_model(
+            settings.patch, patch_settings(model, inputs), solver, outputs, num_test_images, inputs.device
         )
-        patch_sources = model_config.get("patch") or {}
-        texts, resolved = patch_model(patch_sources, settings, solver_options, outputs, num_test_images, inputs.device)
     else:
-        raise ModelError(f"model.mode is {mode!r}; use 'generate' or 'patch'")
+        texts, resolved = generate_model(model, solver, outputs, num_test_images, inputs.device)
     record = {
-        "mode": mode,
+        "mode": settings.mode,
         "num_classes": num_classes,
         "num_test_images": num_test_images,
-        "model": model.to_dict()
-        if mode == "generate"
-        else {"train_batch_size": model.train_batch_size, "test_batch_size": model.test_batch_size},
-        "solver": solver_options.to_dict(),
-        "patch_sources": model_config.get("patch") if mode == "patch" else None,
+        "model": {"train_batch_size": model.train_batch_size, "test_batch_size": model.test_batch_size}
+        if patching
+        else model.to_dict(),
+        "solver": dataclasses.asdict(solver),
+        "patch_sources": settings.patch if patching else None,
         "caffe": {"augmentation_supported": supports_augmentation(), "resize_field": resize_field()},
         "files": outputs,
         **resolved,
@@ -257,16 +230,32 @@ def build_model_texts(
     return texts, record
 
 
+def patch_settings(model: ModelOptions, inputs: ModelInputs) -> PatchSettings:
+    """What mode patch fits the user's nets to: this workflow's data, batch sizes and class count, this Caffe."""
+    types = runtime_layer_types()
+    return PatchSettings(
+        num_classes=model.num_classes,
+        label_map_file=inputs.labelmap,
+        train_source=inputs.train_lmdb,
+        test_source=inputs.test_lmdb,
+        train_batch_size=model.train_batch_size,
+        test_batch_size=model.test_batch_size,
+        name_size_file=inputs.name_size,
+        relu6_supported="ReLU6" in types,
+        known_layer_types=types,
+    )
+
+
 def make_model(
-    model_config: dict[str, Any],
-    solver_config: dict[str, Any],
+    settings: ModelSettings,
+    solver: SolverSettings,
     inputs: ModelInputs,
     outputs: dict[str, str],
     config_out: str | os.PathLike,
     check_deploy: bool = True,
 ) -> dict[str, Any]:
     """Write the four prototxts (``outputs``: role → path) and ``config_out``; return the record written."""
-    texts, record = build_model_texts(model_config, solver_config, inputs, outputs)
+    texts, record = build_model_texts(settings, solver, inputs, outputs)
     if check_deploy:
         deploy_dir = Path(outputs["deploy"]).parent
         deploy_dir.mkdir(parents=True, exist_ok=True)

@@ -77,9 +77,7 @@ def stage_strides(layout: str) -> list[int]:
     return strides
 
 
-def build_mobilenetv2(
-    writer: NetWriter, bottom: str, width: float = 1.0, bn: str = "explicit", layout: str = "torchvision"
-) -> BackboneOutputs:
+def build_mobilenetv2(writer: NetWriter, bottom: str, width: float, bn: str, layout: str) -> BackboneOutputs:
     """Write the backbone on top of ``bottom``; return the blobs SSDLite predicts from.
 
     ``layout`` torchvision is the paper's (and torchvision's, TensorFlow's) network. shicai is

@@ -1,6 +1,6 @@
 """Generate MobileNetV2-SSDLite train / test / deploy nets as ``caffe_pb2.NetParameter`` objects.
 
-    options = ModelOptions(num_classes=81, train_source="results/lmdb/trainval_lmdb", ...)
+    options = ModelOptions.from_settings(parse_settings(ModelSettings), 81, train_source=..., ...)
     train = build_net(options, "train")      # AnnotatedData (SSD augmentation) ... MultiBoxLoss
     test = build_net(options, "test")        # AnnotatedData ... DetectionOutput + DetectionEvaluate
     deploy = build_net(options, "deploy")    # Input ... DetectionOutput
@@ -14,12 +14,12 @@ omission.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from caffe.proto import caffe_pb2
 
-from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.errors import SsdliteError
+from ssdlite_coco.common.settings import setting_names
 from ssdlite_coco.model.heads import (
     CONF_LOSS_TYPES,
     DetectionSettings,
@@ -34,6 +34,7 @@ from ssdlite_coco.model.heads import (
 )
 from ssdlite_coco.model.layers import ACTIVATIONS, BN_MODES, PADDINGS, NetWriter
 from ssdlite_coco.model.mobilenetv2 import LAYOUTS, build_mobilenetv2
+from ssdlite_coco.model.settings import ModelSettings
 
 ROLES = ("train", "test", "deploy")
 NET_NAME = "MobileNetV2-SSDLite"
@@ -49,42 +50,29 @@ class ModelError(SsdliteError):
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """The generator's options; each default and meaning is the `model` section of config/schema.yaml."""
+    """The generator's options: the `model` settings (see config/schema.yaml) with the class count resolved,
+    and the data the nets read."""
 
-    num_classes: int = 81
-    input_size: int = schema_default("model.input_size")
-    width: float = schema_default("model.width")
-    activation: str = schema_default("model.activation")
-    backbone_bn: str = schema_default(
-        "model.backbone_bn"
-    )  # explicit: BatchNorm + Scale (trainable); folded: convolution bias only
-    bn_moving_average_fraction: float = schema_default(
-        "model.bn_moving_average_fraction"
-    )  # decay of BatchNorm's running statistics per iteration
-    bn_eps: float = schema_default("model.bn_eps")  # BatchNorm epsilon (1e-5 for torchvision weights)
-    backbone_layout: str = schema_default(
-        "model.backbone_layout"
-    )  # torchvision (the paper's) or shicai (block 0 expansion, stride 2 on block 10)
-    padding: str = schema_default(
-        "model.padding"
-    )  # caffe: symmetric; tf: TensorFlow "SAME" on stride-2 layers (pad + slice)
-    conf_loss: str = schema_default("model.conf_loss")
-    augmentation: bool = schema_default(
-        "model.augmentation"
-    )  # SSD photometric distortion, expansion, batch sampling, mirror
-    train_batch_size: int = schema_default("model.train_batch_size")
-    test_batch_size: int = schema_default("model.test_batch_size")
-    train_source: str = "results/lmdb/trainval_lmdb"
-    test_source: str = "results/lmdb/test_lmdb"
-    label_map_file: str = "results/labelmap/labelmap.prototxt"
-    name_size_file: str | None = None  # test set "image_id height width" list for DetectionEvaluate
-    test_detection: DetectionSettings = field(
-        default_factory=lambda: DetectionSettings(**schema_default("model.test_detection"))
-    )
-    deploy_detection: DetectionSettings = field(
-        default_factory=lambda: DetectionSettings(**schema_default("model.deploy_detection"))
-    )
-    priors: PriorDesign = field(default_factory=PriorDesign)  # prior sizes and aspect ratios of the six maps
+    num_classes: int
+    input_size: int
+    width: float
+    activation: str
+    backbone_bn: str  # explicit: BatchNorm + Scale (trainable); folded: convolution bias only
+    bn_moving_average_fraction: float  # decay of BatchNorm's running statistics per iteration
+    bn_eps: float  # BatchNorm epsilon (1e-5 for torchvision weights)
+    backbone_layout: str  # torchvision (the paper's) or shicai (block 0 expansion, stride 2 on block 10)
+    padding: str  # caffe: symmetric; tf: TensorFlow "SAME" on stride-2 layers (pad + slice)
+    conf_loss: str
+    augmentation: bool  # SSD photometric distortion, expansion, batch sampling, mirror
+    train_batch_size: int
+    test_batch_size: int
+    train_source: str
+    test_source: str
+    label_map_file: str
+    name_size_file: str | None  # test set "image_id height width" list for DetectionEvaluate
+    test_detection: DetectionSettings
+    deploy_detection: DetectionSettings
+    priors: PriorDesign  # prior sizes and aspect ratios of the six maps
 
     def __post_init__(self):
         checks = [
@@ -124,19 +112,33 @@ class ModelOptions:
                 raise ModelError(message)
 
     @classmethod
-    def from_dict(cls, values: dict) -> ModelOptions:
-        """Build from a plain mapping (a config section); unknown keys are an error naming the key."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ModelError(f"unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = dict(values)
-        for key in ("test_detection", "deploy_detection"):
-            if isinstance(values.get(key), dict):
-                values[key] = DetectionSettings(**values[key])
-        if isinstance(values.get("priors"), dict):
-            values["priors"] = PriorDesign(**values["priors"])
-        return cls(**values)
+    def from_settings(
+        cls,
+        settings: ModelSettings,
+        num_classes: int,
+        *,
+        train_source: str,
+        test_source: str,
+        label_map_file: str,
+        name_size_file: str | None,
+    ) -> ModelOptions:
+        """``settings`` with ``num_classes`` resolved (not 'auto'), reading the given LMDBs and files."""
+        shared = {name: getattr(settings, name) for name in setting_names(cls) if name in setting_names(ModelSettings)}
+        return cls(
+            **(
+                shared
+                | {
+                    "num_classes": num_classes,
+                    "train_source": train_source,
+                    "test_source": test_source,
+                    "label_map_file": label_map_file,
+                    "name_size_file": name_size_file,
+                    "test_detection": DetectionSettings(**settings.test_detection),
+                    "deploy_detection": DetectionSettings(**settings.deploy_detection),
+                    "priors": PriorDesign(**settings.priors),
+                }
+            )
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -268,12 +268,13 @@ def patch_solver(
     test_net: str | None,
     test_iter: int,
     snapshot_prefix: str,
-    device: str = "cpu",
-    test_interval: int = 10000,
+    device: str,
+    test_interval: int,
     where: str = "solver",
     from_config: dict[str, int] | None = None,
 ) -> tuple[caffe_pb2.SolverParameter, list[str]]:
-    """Point ``solver`` at the patched nets; keep its learning-rate schedule and the rest.
+    """Point ``solver`` at the patched nets for ``device`` (train.device); keep its learning-rate schedule and
+    the rest (``test_interval`` where it has none).
 
     ``from_config`` (e.g. the config's ``max_iter``, ``snapshot``, ``test_interval``) replaces those
     fields; every value that changes is listed in the returned lines.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
 from ssdlite_coco.report.html_page import ReportError, fmt, html_page
+from ssdlite_coco.report.settings import DetectionGridSettings
 
 
 def pyplot():
@@ -99,11 +100,11 @@ def detection_grid(
     instances_json: str | os.PathLike,
     images_dir: str | os.PathLike,
     out_image: str | os.PathLike,
-    num_images: int = 12,
-    score_threshold: float = 0.3,
+    settings: DetectionGridSettings,
     columns: int = 4,
 ) -> None:
-    """Detections above ``score_threshold`` (red, with class and score) and ground truth (green) on test images."""
+    """Detections scoring at least evaluate.report_score_threshold (red, with class and score) and ground truth
+    (green) on the first evaluate.report_images test images."""
     from PIL import Image
 
     plt = pyplot()
@@ -113,12 +114,12 @@ def detection_grid(
     except (OSError, ValueError) as error:
         raise ReportError(f"cannot read {detections_json} or {instances_json}: {error}") from None
     names = {category["id"]: category["name"] for category in instances["categories"]}
-    images = sorted(instances["images"], key=lambda image: image["id"])[:num_images]
+    images = sorted(instances["images"], key=lambda image: image["id"])[: settings.report_images]
     if not images:
         raise ReportError(f"{instances_json}: lists no images to draw")
     by_image: dict[int, list] = {}
     for det in detections:
-        if det["score"] >= score_threshold:
+        if det["score"] >= settings.report_score_threshold:
             by_image.setdefault(det["image_id"], []).append(det)
     truth: dict[int, list] = {}
     for ann in instances.get("annotations", []):
@@ -151,6 +152,7 @@ def detection_grid(
                 bbox={"facecolor": "red", "alpha": 0.7, "pad": 1},
             )
         axis.set_title(f"image {image['id']}: {len(shown)} detections", fontsize=9)
-    figure.suptitle(f"Detections with score >= {score_threshold} (red) and ground truth (green)")
+    threshold = float(settings.report_score_threshold)  # 1.0, not 1, for a config's 1 (as the flag printed it)
+    figure.suptitle(f"Detections with score >= {threshold} (red) and ground truth (green)")
     save_figure(figure, out_image, dpi=90)
     plt.close(figure)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ssdlite_coco.caffe_tools.prototxt import read_net
 from ssdlite_coco.caffe_tools.weights import LayerCopy, format_copy_table
 from ssdlite_coco.common.atomic import atomic_write_text
 from ssdlite_coco.evaluate.coco_scoring import evaluate_test_split
+from ssdlite_coco.evaluate.settings import InitialWeightsCheckSettings
+from ssdlite_coco.evaluate.test_split import TestSplit
 from ssdlite_coco.model.mobilenetv2 import backbone_units
 
 COPY_STATUSES = ("copied", "shape mismatch", "not in weights", "not in net")
@@ -109,33 +110,20 @@ def backbone_coverage(net_param, copied: list[LayerCopy], conversion: Mapping[st
 
 
 def check_initial_weights(
-    test_net: str | os.PathLike,
+    split: TestSplit,
     weights: str | os.PathLike,
-    test_split: Mapping[str, str | os.PathLike],
-    chance_ap50: float,
-    batch_size: int = 8,
+    settings: InitialWeightsCheckSettings,
+    data_threads: int,
     log=print,
     conversion: Mapping[str, Any] | None = None,
-    data_threads: int = 1,
 ) -> dict[str, Any]:
-    """The report of the check; ``test_split`` holds the ``lmdb``, ``name_size``, ``labelmap`` and ``instances``.
+    """The report of the check of ``weights`` on the test split.
 
     ``conversion``: the coverage summary of converted ImageNet weights (``convert_weights.coverage_summary``).
     """
-    metrics, _, result = evaluate_test_split(
-        test_net,
-        weights,
-        test_split["lmdb"],
-        test_split["name_size"],
-        test_split["labelmap"],
-        test_split["instances"],
-        max_batch=batch_size,
-        strict=False,
-        log=log,
-        data_threads=data_threads,
-    )
-    net_param = read_net(test_net)
-    log(f"initial weights {weights} copied by layer name into {test_net}:")
+    metrics, _, result = evaluate_test_split(split, weights, settings.batch_size, data_threads, strict=False, log=log)
+    net_param, chance_ap50 = split.net, settings.chance_ap50
+    log(f"initial weights {weights} copied by layer name into {split.test_net}:")
     log(format_copy_table(result.copied))
     output = next(layer for layer in net_param.layer if layer.type == "DetectionOutput")
     head = conf_head_statistics(net_param, result.params, result.copied, output.detection_output_param.num_classes)

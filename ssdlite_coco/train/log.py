@@ -1,17 +1,13 @@
 """The training log as a CSV table: iteration, loss, learning_rate, detection_eval (pandas).
 
-Rows come either from the pycaffe runner (``ssdlite_coco.train.runner`` records them directly) or from the
-text log of ``caffe train`` (glog lines ``Iteration N, loss = X``, ``Iteration N, lr = Y`` and
-``Test net output #0: detection_eval = Z``), parsed by ``parse_caffe_log``. Either way there is one
-row per iteration; a value not measured at an iteration is empty (NaN). Note that ``caffe train``
-prints the loss averaged over the solver's ``average_loss`` iterations, the runner the loss itself.
+The pycaffe runner (``ssdlite_coco.train.runner``) records the rows: one per iteration; a value not
+measured at an iteration is empty (NaN). The tests compare them with the glog text of ``caffe train``
+(tests/support/caffe_log.py).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,62 +61,3 @@ def read_log_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
         }
         for row in frame.itertuples(index=False)
     ]
-
-
-_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf|-inf)"
-_LOSS = re.compile(r"Iteration (\d+)(?: \([^)]*\))?, loss = " + _NUMBER)
-_LR = re.compile(r"Iteration (\d+), lr = " + _NUMBER)
-_TESTING = re.compile(r"Iteration (\d+), Testing net")
-_DETECTION_EVAL = re.compile(r"Test net output #\d+: detection_eval = " + _NUMBER)
-
-
-def parse_caffe_log(text: str) -> list[dict[str, Any]]:
-    """Rows (iteration, loss, learning_rate, detection_eval) from the glog text of ``caffe train``."""
-    rows: list[dict[str, Any]] = []
-    testing_at = None
-    for line in text.splitlines():
-        if match := _LOSS.search(line):
-            rows.append(
-                {
-                    "iteration": int(match[1]),
-                    "loss": float(match[2]),
-                    "learning_rate": math.nan,
-                    "detection_eval": math.nan,
-                }
-            )
-        elif match := _LR.search(line):
-            rows.append(
-                {
-                    "iteration": int(match[1]),
-                    "loss": math.nan,
-                    "learning_rate": float(match[2]),
-                    "detection_eval": math.nan,
-                }
-            )
-        elif match := _TESTING.search(line):
-            testing_at = int(match[1])
-        elif (match := _DETECTION_EVAL.search(line)) and testing_at is not None:
-            rows.append(
-                {
-                    "iteration": testing_at,
-                    "loss": math.nan,
-                    "learning_rate": math.nan,
-                    "detection_eval": float(match[1]),
-                }
-            )
-    return rows
-
-
-def caffe_log_to_csv(log_path: str | os.PathLike, csv_path: str | os.PathLike) -> int:
-    """Convert a ``caffe train`` log file to the CSV table; returns the number of rows."""
-    log_path = Path(log_path)
-    if not log_path.is_file():
-        raise TrainLogError(f"{log_path}: log file not found")
-    rows = parse_caffe_log(log_path.read_text(errors="replace"))
-    if not rows:
-        raise TrainLogError(
-            f"{log_path}: no 'Iteration N, loss = X' line; is it the output of `caffe train` with display > 0?"
-        )
-    frame = log_frame(rows)
-    atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.7g"))
-    return len(frame)

@@ -36,7 +36,6 @@ from ssdlite_coco.caffe_tools.device import select_device, solver_mode
 from ssdlite_coco.caffe_tools.prototxt import format_prototxt, read_net, read_prototxt
 from ssdlite_coco.caffe_tools.weights import copy_weights_by_name, format_copy_table, read_caffemodel
 from ssdlite_coco.common.atomic import atomic_path, atomic_write_text
-from ssdlite_coco.common.config import schema_default
 from ssdlite_coco.common.digests import file_digest
 from ssdlite_coco.common.errors import SsdliteError
 from ssdlite_coco.common.formatting import format_duration
@@ -50,6 +49,7 @@ from ssdlite_coco.train.data_stream import (
 from ssdlite_coco.train.health import LossGuard, divergence_message, settings_problem
 from ssdlite_coco.train.log import LOG_COLUMNS, read_log_csv, write_log_csv
 from ssdlite_coco.train.schedule import learning_rate
+from ssdlite_coco.train.settings import TrainSettings
 from ssdlite_coco.train.snapshots import SnapshotStore
 
 
@@ -176,21 +176,17 @@ def loss_weights(net_file: Path) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------- the runner
 @dataclass
-class TrainSettings:
+class TrainRun:
+    """One training run: its files, its `train` settings and the rule's threads."""
+
     solver: Path
     weights_out: Path
     log_csv_out: Path
     snapshot_root: Path
-    device: str = schema_default("train.device")
+    settings: TrainSettings
+    threads: int  # the rule's: the data threads where train.data_threads is 0
     initial_weights: Path | None = None
-    snapshot_interval: int = schema_default(
-        "train.snapshot_interval"
-    )  # 0 = the solver's `snapshot` (1000 where that is 0 too)
-    keep_snapshots: int = schema_default("train.keep_snapshots")
-    data_threads: int = 1  # threads decoding and transforming a batch (the same batches for any count)
     progress_interval: int = 0  # iterations between progress lines; 0 = the solver's display (else 100)
-    divergence_factor: float = schema_default("train.divergence_factor")  # health.LossGuard; 0 = off
-    divergence_displays: int = schema_default("train.divergence_displays")
 
 
 def test_detection(solver, test_index: int, test_iter: int, ap_version: str) -> float | None:
@@ -208,36 +204,35 @@ def test_detection(solver, test_index: int, test_iter: int, ap_version: str) -> 
     return accumulator.mean_ap(ap_version) if found else None
 
 
-def _runtime_nets(settings: TrainSettings, original, solver_path: Path, store: SnapshotStore, log):
-    """Copies of the train and test nets with the data threads and, when resuming, the data stream positions
+def _runtime_nets(data_threads: int, original, solver_path: Path, store: SnapshotStore, log):
+    """Copies of the train and test nets with ``data_threads`` and, when resuming, the data stream positions
     an uninterrupted run would have reached (``data_stream``)."""
     train_net, test_nets = net_paths(original, solver_path)
     latest = store.latest()
     resume_at = latest["iteration"] if latest is not None else 0
     train_start = resume_at * items_per_iteration(train_net, original.iter_size)
-    train_copy = write_runtime_net(
-        train_net, store.folder / "train_net.prototxt", "TRAIN", settings.data_threads, train_start
-    )
+    train_copy = write_runtime_net(train_net, store.folder / "train_net.prototxt", "TRAIN", data_threads, train_start)
     passes = completed_test_passes(resume_at, original.test_interval if test_nets else 0, original.test_initialization)
     test_copies = []
     for index, test_net in enumerate(test_nets):
         start = passes * original.test_iter[index] * items_per_iteration(test_net, 1, "TEST")
         out = store.folder / f"test_net_{index}.prototxt"
-        test_copies.append(write_runtime_net(test_net, out, "TEST", settings.data_threads, start))
+        test_copies.append(write_runtime_net(test_net, out, "TEST", data_threads, start))
     if train_start:
         log(f"resuming the training data stream at item {train_start} (iteration {resume_at})")
     return train_copy, test_copies
 
 
-def _open_solver(settings: TrainSettings, original, solver_path: Path, train_net: Path, initial: Path | None, log):
+def _open_solver(run: TrainRun, original, solver_path: Path, train_net: Path, initial: Path | None, log):
     """This run's snapshot store (keyed by what makes snapshots reusable) and the pycaffe solver it drives."""
     import caffe
 
+    settings = run.settings
     select_device(settings.device)
     key = run_key(original, train_net, initial)
-    store = SnapshotStore(Path(settings.snapshot_root).resolve() / f"run-{key}", settings.keep_snapshots)
+    store = SnapshotStore(Path(run.snapshot_root).resolve() / f"run-{key}", settings.keep_snapshots)
     store.folder.mkdir(parents=True, exist_ok=True)
-    nets = _runtime_nets(settings, original, solver_path, store, log)
+    nets = _runtime_nets(settings.data_threads_or(run.threads), original, solver_path, store, log)
     patched = solver_for_stepping(original, solver_path, store.prefix, settings.device, nets)
     patched_file = store.folder / "solver.prototxt"
     atomic_write_text(patched_file, format_prototxt(patched))
@@ -297,12 +292,13 @@ def _progress_line(rows, average_loss: int, done: int, max_iter: int, rate: floa
     )
 
 
-def train(settings: TrainSettings, log=print) -> dict[str, Any]:
+def train(run: TrainRun, log=print) -> dict[str, Any]:
     """Train to the solver's ``max_iter`` (resuming from the newest snapshot); write weights and the log CSV."""
-    solver_path = Path(settings.solver)
+    settings = run.settings
+    solver_path = Path(run.solver)
     original = read_solver(solver_path)
     train_net, test_nets = net_paths(original, solver_path)
-    initial = Path(settings.initial_weights) if settings.initial_weights else None
+    initial = Path(run.initial_weights) if run.initial_weights else None
     if initial is not None and not initial.is_file():
         raise TrainingError(f"initial weights {initial} not found")
     if settings.snapshot_interval < 0:
@@ -310,12 +306,12 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
     if problem := settings_problem(settings.divergence_factor, settings.divergence_displays):
         raise TrainingError(problem)
     snapshot_interval = settings.snapshot_interval or original.snapshot or 1000
-    solver, store = _open_solver(settings, original, solver_path, train_net, initial, log)
+    solver, store = _open_solver(run, original, solver_path, train_net, initial, log)
     rows, resumed_from = _resume_or_initialize(solver, store, original.max_iter, initial, train_net, log)
     weights = loss_weights(train_net)
     max_iter = original.max_iter
     test_interval = original.test_interval if test_nets else 0
-    display = settings.progress_interval or original.display or 100
+    display = run.progress_interval or original.display or 100
     start_iter = solver.iter
     started = time.monotonic()
     last_snapshot, snapshot_due = resumed_from, False
@@ -356,10 +352,10 @@ def train(settings: TrainSettings, log=print) -> dict[str, Any]:
         rows += _test_rows(solver, original, len(test_nets), final_iter, log)
     if last_snapshot != final_iter:
         store.save(solver, rows)
-    with atomic_path(settings.weights_out) as tmp:
+    with atomic_path(run.weights_out) as tmp:
         save_without_runtime_fields(solver.net, tmp)
-    write_log_csv(rows, settings.log_csv_out)
-    log(f"wrote {settings.weights_out} (iteration {final_iter}) and {settings.log_csv_out}")
+    write_log_csv(rows, run.log_csv_out)
+    log(f"wrote {run.weights_out} (iteration {final_iter}) and {run.log_csv_out}")
     return {
         "start_iteration": start_iter,
         "final_iteration": final_iter,

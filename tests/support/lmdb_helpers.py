@@ -41,6 +41,23 @@ def write_labelmap(data: dict, path: Path, mode: str = "coco81") -> Path:
     return path
 
 
+def build_options(split: str, **keys):
+    """BuildOptions of ``split`` (trainval is shuffled) with these `lmdb` keys, the others the schema's; no bar."""
+    from ssdlite_coco.common.settings import parse_settings
+    from ssdlite_coco.lmdb.settings import BuildSettings
+    from ssdlite_coco.lmdb.writer import BuildOptions
+
+    return BuildOptions(parse_settings(BuildSettings, json.dumps(keys)), split, progress=False)
+
+
+def check_settings():
+    """The LMDB check's settings: the schema's `lmdb.readers`."""
+    from ssdlite_coco.common.settings import parse_settings
+    from ssdlite_coco.lmdb.settings import CheckSettings
+
+    return parse_settings(CheckSettings)
+
+
 def expected_label_rows(data: dict, image_id: int, crowd: str = "difficult") -> np.ndarray:
     """The rows Caffe's AnnotatedData label blob should hold for one image (batch size 1, no transform),
     computed from the COCO JSON alone: [item, label, instance, xmin, ymin, xmax, ymax, difficult],

@@ -26,8 +26,10 @@ class ModelData:
 
 
 def make_model_data(folder: Path, coco_mini_dir: Path, image_ids: tuple[int, ...] = IMAGE_IDS) -> ModelData:
-    from ssdlite_coco.labelmap import make_labelmap
-    from ssdlite_coco.lmdb.writer import BuildOptions, build_lmdb
+    from ssdlite_coco.common.settings import parse_settings
+    from ssdlite_coco.labelmap import LabelmapSettings, make_labelmap
+    from ssdlite_coco.lmdb.writer import build_lmdb
+    from tests.support.lmdb_helpers import build_options
 
     folder.mkdir(parents=True, exist_ok=True)
     coco = json.loads((coco_mini_dir / "annotations" / "instances_mini.json").read_text())
@@ -40,7 +42,7 @@ def make_model_data(folder: Path, coco_mini_dir: Path, image_ids: tuple[int, ...
     instances = folder / "instances.json"
     instances.write_text(json.dumps(subset))
     labelmap, name_size = folder / "labelmap.prototxt", folder / "test_name_size.txt"
-    make_labelmap({"test": instances}, labelmap, {"test": name_size})
+    make_labelmap({"test": instances}, labelmap, {"test": name_size}, parse_settings(LabelmapSettings))
     lmdbs = {}
     for split in ("train", "test"):
         lmdbs[split] = folder / f"{split}_lmdb"
@@ -50,6 +52,6 @@ def make_model_data(folder: Path, coco_mini_dir: Path, image_ids: tuple[int, ...
             labelmap,
             lmdbs[split],
             folder / f"{split}_report.json",
-            BuildOptions(progress=False),
+            build_options("test"),
         )
     return ModelData(labelmap, name_size, instances, lmdbs["train"], lmdbs["test"], len(subset["images"]))

@@ -15,15 +15,19 @@ from tests.support.tiny_ssd import make_tiny_world
 
 caffe = require_caffe()
 
+from ssdlite_coco.common.settings import parse_settings  # noqa: E402
 from ssdlite_coco.export.decode import caffe_rows  # noqa: E402
 from ssdlite_coco.export.preprocess import transform_settings  # noqa: E402
+from ssdlite_coco.export.runtime_check import CheckContext, CheckSettings  # noqa: E402
+from ssdlite_coco.export.settings import ExportSettings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 VERIFY_IMAGES = 4
 
 
 def make_model(folder: Path, labelmap: Path, name_size: Path, instances: Path) -> Path:
-    args = ["--model-config", '{"augmentation": false}', "--labelmap", str(labelmap), "--name-size", str(name_size)]
+    args = ["--model-settings", '{"augmentation": false}', "--device", "cpu", "--labelmap", str(labelmap)]
+    args += ["--name-size", str(name_size)]
     args += ["--test-instances", str(instances), "--no-check", "--config-out", str(folder / "config.json")]
     for role in ("train", "test", "deploy", "solver"):
         args += [f"--out-{role}", str(folder / f"{role}.prototxt")]
@@ -68,12 +72,27 @@ def make_ssdlite(folder: Path, coco_mini_dir: Path):
     return world, model, folder / "weights.caffemodel", images
 
 
+def settings_arg(**keys) -> list[str]:
+    """``--settings`` of an export script with these keys of the `export` section."""
+    return ["--settings", json.dumps(keys)]
+
+
+def check_settings(latency_runs: int) -> CheckSettings:
+    """The runtime check's settings at the schema's defaults, one thread, ``latency_runs`` timed runs."""
+    return CheckSettings.of(parse_settings(ExportSettings, json.dumps({"latency_runs": latency_runs})), threads=1)
+
+
+def check_context(paths, heads, scratch: Path) -> CheckContext:
+    """What the runtime table needs to load an export, one thread, the schema's RKNN target."""
+    return CheckContext(paths, heads, scratch, threads=1, rknn_target=parse_settings(ExportSettings).rknn_target)
+
+
 def export(ssdlite, out: Path, *extra: str, instances: Path | None = None) -> subprocess.CompletedProcess:
     world, model, weights, images = ssdlite
     args = ["--deploy-net", str(model / "deploy.prototxt"), "--weights", str(weights)]
     args += ["--test-net", str(model / "test.prototxt"), "--instances", str(instances or world.test_instances)]
     args += ["--images", str(images), "--labelmap", str(world.labelmap), "--out-dir", str(out)]
-    args += ["--verify-images", str(VERIFY_IMAGES), "--latency-runs", "2", "--calibration-images", "3", *extra]
+    args += settings_arg(verify_images=VERIFY_IMAGES, latency_runs=2, calibration_images=3) + list(extra)
     command = [sys.executable, str(REPO / "scripts/export.py"), *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
 

@@ -241,7 +241,7 @@ def make_tiny_world(
     folder.mkdir(parents=True, exist_ok=True)
     data = json.loads((coco_mini_dir / "annotations" / "instances_mini.json").read_text())
     categories = [c for c in data["categories"] if c["id"] in CATEGORIES]
-    items = labelmap_from_categories(categories)
+    items = labelmap_from_categories(categories, "coco81")
     label_of = {int(item.name): item.label for item in items if item.label}
     annotations: dict[int, list[dict]] = {}
     for ann in data["annotations"]:
